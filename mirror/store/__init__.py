@@ -1,0 +1,1 @@
+"""The local database: tables, engine, migrations, writes and snapshots."""

@@ -1,0 +1,84 @@
+"""Opening a database: URL resolution, SQLite pragmas, and transactions that take the lock up front.
+
+A daemon writes while people read, so SQLite runs in WAL mode (readers never wait for the
+writer) with a busy timeout (a second writer waits instead of failing), and writers begin with
+``BEGIN IMMEDIATE`` so that two writers queue at the start rather than deadlock at the commit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+BUSY_TIMEOUT_MS = 30_000
+_WRITE = "mirror_write"
+
+
+def default_db_path() -> Path:
+    """Where the mirror lives when nothing else is said: the XDG data directory."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "wandb-mirror" / "mirror.db"
+
+
+def database_url(database: str | os.PathLike[str] | None = None) -> str:
+    """A path or an SQLAlchemy URL → an SQLAlchemy URL (``None``: ``WANDB_MIRROR_DB`` or default)."""
+    if database is None:
+        database = os.environ.get("WANDB_MIRROR_DB") or default_db_path()
+    text = os.fspath(database)
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind an SQLite URL, or ``None`` for other databases and ``:memory:``."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def make_engine(database: str | os.PathLike[str] | None = None) -> Engine:
+    """An engine for the mirror; SQLite files get their directory, WAL and a busy timeout."""
+    url = database_url(database)
+    path = sqlite_path(url)
+    if path is None:
+        return create_engine(url, pool_pre_ping=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_conn.isolation_level = None  # SQLAlchemy, not the driver, decides when to BEGIN
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that holds the write lock from its first statement to its commit."""
+    with engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
+        yield conn
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """A consistent snapshot for reading (WAL: never blocked by a writer)."""
+    with engine.connect() as conn, conn.begin():
+        yield conn

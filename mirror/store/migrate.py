@@ -1,0 +1,77 @@
+"""Schema upgrades through the Alembic scripts shipped with the package, run in process.
+
+The scripts live in the top-level ``migrations/`` folder of the source tree and are installed as
+``mirror._migrations`` inside the wheel, so an installed mirror can upgrade its own database
+without an ``alembic.ini`` or a checkout.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect
+
+from mirror.store.backup import snapshot
+from mirror.store.engine import sqlite_path
+from mirror.store.models import metadata
+
+
+def scripts_dir() -> Path:
+    """The migration scripts: inside the installed package, else the source tree's folder."""
+    try:
+        installed = resources.files("mirror._migrations")
+        if installed.joinpath("env.py").is_file():
+            return Path(str(installed))
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parents[2] / "migrations"
+
+
+def _config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(scripts_dir()))
+    return cfg
+
+
+def head_revision() -> str | None:
+    """The newest revision the shipped scripts know."""
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (``None`` for an empty database)."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> Path | None:
+    """Bring the database to ``revision``; returns the snapshot taken first, if one was needed.
+
+    A non-empty SQLite database is snapshotted before any upgrade that changes it, so a failed or
+    regretted migration can be undone with ``wandb-mirror restore``.
+    """
+    target = head_revision() if revision == "head" else revision
+    current = current_revision(engine)
+    if current == target:
+        return None
+    taken = None
+    path = sqlite_path(str(engine.url))
+    if path is not None and inspect(engine).get_table_names():
+        taken = snapshot(engine, path.parent / "snapshots", label=f"pre-upgrade-{current}")
+    cfg = _config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    return taken
+
+
+def schema_differences(engine: Engine) -> list[object]:
+    """What the models declare that the database does not have, or the other way round."""
+    with engine.connect() as conn:
+        return list(compare_metadata(MigrationContext.configure(conn), metadata))

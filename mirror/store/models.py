@@ -1,0 +1,152 @@
+"""The mirror's tables.
+
+The schema itself is created only by the Alembic scripts in ``migrations/``; these declarations
+are what the code reads and writes through, and a test checks that both agree.
+
+Three representations of a run live side by side, each for one job:
+
+* ``runs`` keeps every field exactly as W&B sends it (config, summary and system metrics as the
+  raw JSON text, NaN and Infinity tokens included), so exports and the GraphQL server can hand
+  back byte-for-byte what came in.
+* ``run_fields`` is a flattened index of the run as a MongoDB-like document (see
+  ``mirror.store.fields``): one row per dotted path (and per array element), typed, so that
+  filters compile to indexed SQL on any database instead of JSON functions SQLite 3.40 lacks.
+* ``history_chunks`` keeps history and system-metric events in columnar compressed chunks (see
+  ``mirror.store.history``), so a 200,000-step read is a handful of blob reads, not 200,000 rows.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("entity", String(255), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    UniqueConstraint("entity", "name"),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", Integer, ForeignKey("projects.id"), nullable=False),
+    Column("name", String(255), nullable=False),  # the run id users see
+    Column("storage_id", String(512), nullable=False),
+    Column("display_name", Text),
+    Column("state", String(32)),
+    Column("tags", Text, nullable=False, default="[]"),  # JSON list
+    Column("group_name", Text),
+    Column("job_type", Text),
+    Column("notes", Text),
+    Column("description", Text),
+    Column("commit", String(255)),
+    Column("host", Text),
+    Column("sweep_name", String(255)),
+    Column("username", String(255)),
+    Column("user_name", String(255)),
+    Column("created_at", String(32), nullable=False),  # naive UTC ISO text, as W&B sends it
+    Column("heartbeat_at", String(32)),
+    Column("updated_at", String(32)),
+    Column("history_line_count", Integer, nullable=False, default=0),
+    Column("history_keys", Text),  # raw JSON, as W&B's historyKeys
+    Column("config", Text, nullable=False, default="{}"),  # raw JSON text, values wrapped
+    Column("summary_metrics", Text, nullable=False, default="{}"),
+    Column("system_metrics", Text, nullable=False, default="{}"),
+    Column("content_hash", String(64)),  # of the metadata as last seen remotely
+    Column("synced_at", String(32)),
+    Column("deleted_at", String(32)),  # tombstone: deleted remotely, kept locally
+    UniqueConstraint("project_id", "name"),
+    Index(None, "project_id", "created_at", "name"),
+    Index(None, "project_id", "display_name"),
+)
+
+field_keys = Table(
+    "field_keys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", Integer, ForeignKey("projects.id"), nullable=False),
+    Column("path", Text, nullable=False),
+    UniqueConstraint("project_id", "path"),
+)
+
+run_fields = Table(
+    "run_fields",
+    metadata,
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    Column("key_id", Integer, ForeignKey("field_keys.id"), nullable=False),
+    Column("elem", SmallInteger, nullable=False),  # 0: the value at the path, 1: an array element
+    Column("kind", SmallInteger, nullable=False),  # mirror.store.fields.Kind
+    Column("num", Float),
+    Column("txt", Text),
+    Index(None, "key_id", "kind", "num"),
+    Index(None, "key_id", "kind", "txt"),
+    Index(None, "run_id", "key_id"),
+)
+
+history_chunks = Table(
+    "history_chunks",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    Column("stream", String(16), nullable=False),  # "history" or "events"
+    Column("first_step", BigInteger, nullable=False),
+    Column("last_step", BigInteger, nullable=False),
+    Column("row_count", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    UniqueConstraint("run_id", "stream", "first_step"),
+)
+
+sync_state = Table(
+    "sync_state",
+    metadata,
+    Column("project_id", Integer, ForeignKey("projects.id"), primary_key=True),
+    Column("created_at_bookmark", String(32)),  # newest createdAt fully mirrored
+    Column("last_pull_started_at", String(32)),
+    Column("last_pull_finished_at", String(32)),
+    Column("last_reconcile_at", String(32)),
+    Column("remote_run_count", Integer),
+    Column("last_error", Text),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("updated_at", String(32), nullable=False),
+    Column("target", String(16), nullable=False),  # summary | config | tags | meta
+    Column("patch", Text, nullable=False),  # JSON merge patch
+    Column("base", Text, nullable=False),  # the values the patch was made against
+    Column("status", String(16), nullable=False, default="pending"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Index(None, "status", "run_id"),
+)

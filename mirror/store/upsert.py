@@ -1,0 +1,299 @@
+"""Writing runs and history into the store: the only code that inserts or updates them.
+
+Runs arrive in W&B's GraphQL shape (``name``, ``displayName``, ``config`` as JSON text or
+object, ...) from every source alike (the remote pull, an import, the synthetic generator, the
+GraphQL server's ``upsertBucket``), so each source stays a thin adapter. Writes never delete and
+re-insert a run: its row id, and so its history and queued edits, survive every update.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+
+from mirror.store import history as codec
+from mirror.store.fields import dumps, flatten, run_document
+from mirror.store.models import field_keys, history_chunks, projects, run_fields, runs
+
+
+def utcnow() -> str:
+    """Now as W&B writes dates: naive UTC ISO text, seconds precision."""
+    return datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds")
+
+
+def storage_id(entity: str, project: str, name: str) -> str:
+    """The run's storage id as W&B forms it: base64 of ``Run:v1:<name>:<project>:<entity>``."""
+    return base64.b64encode(f"Run:v1:{name}:{project}:{entity}".encode()).decode()
+
+
+def ensure_project(conn: Connection, entity: str, name: str) -> int:
+    """The project's id, creating the project on first sight."""
+    found = conn.execute(
+        select(projects.c.id).where(projects.c.entity == entity, projects.c.name == name)
+    ).scalar()
+    if found is not None:
+        return found
+    return conn.execute(
+        insert(projects)
+        .values(entity=entity, name=name, created_at=utcnow())
+        .returning(projects.c.id)
+    ).scalar_one()
+
+
+def _json_text(value: Any, default: str) -> str:
+    if value is None:
+        return default
+    return value if isinstance(value, str) else dumps(value)
+
+
+def run_columns(entity: str, project: str, node: dict[str, Any]) -> dict[str, Any]:
+    """A W&B GraphQL ``Run`` node → the ``runs`` columns it sets (fields it lacks are left out)."""
+    mapping = {
+        "displayName": "display_name",
+        "state": "state",
+        "group": "group_name",
+        "jobType": "job_type",
+        "notes": "notes",
+        "description": "description",
+        "commit": "commit",
+        "host": "host",
+        "sweepName": "sweep_name",
+        "createdAt": "created_at",
+        "heartbeatAt": "heartbeat_at",
+        "updatedAt": "updated_at",
+        "historyLineCount": "history_line_count",
+    }
+    cols: dict[str, Any] = {"name": node["name"]}
+    cols["storage_id"] = node.get("id") or storage_id(entity, project, node["name"])
+    for key, column in mapping.items():
+        if key in node:
+            cols[column] = node[key]
+    if "tags" in node:
+        cols["tags"] = dumps(list(node["tags"] or []))
+    for key, column in (
+        ("config", "config"),
+        ("summaryMetrics", "summary_metrics"),
+        ("systemMetrics", "system_metrics"),
+    ):
+        if key in node:
+            cols[column] = _json_text(node[key], "{}")
+    if "historyKeys" in node:
+        cols["history_keys"] = _json_text(node["historyKeys"], "null")
+    if "user" in node and node["user"]:
+        cols["username"] = node["user"].get("username")
+        cols["user_name"] = node["user"].get("name")
+    return cols
+
+
+def content_hash(cols: dict[str, Any]) -> str:
+    """A digest of what a user can change about a run, to spot edits made elsewhere."""
+    keys = ("display_name", "state", "tags", "group_name", "job_type", "notes", "description")
+    keys += ("config", "summary_metrics")
+    text = "\x1f".join(str(cols.get(k)) for k in keys)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class FieldKeys:
+    """Ids of a project's field paths, loaded once and extended as new paths appear."""
+
+    def __init__(self, conn: Connection, project_id: int) -> None:
+        self.conn = conn
+        self.project_id = project_id
+        rows = conn.execute(
+            select(field_keys.c.path, field_keys.c.id).where(field_keys.c.project_id == project_id)
+        )
+        self.ids: dict[str, int] = dict(rows.tuples().all())
+
+    def id(self, path: str) -> int:
+        found = self.ids.get(path)
+        if found is None:
+            found = self.conn.execute(
+                insert(field_keys)
+                .values(project_id=self.project_id, path=path)
+                .returning(field_keys.c.id)
+            ).scalar_one()
+            self.ids[path] = found
+        return found
+
+
+def upsert_runs(
+    conn: Connection, entity: str, project: str, nodes: Sequence[dict[str, Any]]
+) -> dict[str, int]:
+    """Insert or update runs from W&B nodes, re-index them; returns run name → row id.
+
+    Batched: one round of inserts for new runs and one for their index rows, so seeding or
+    pulling a page of runs costs a few statements, not one per field.
+    """
+    project_id = ensure_project(conn, entity, project)
+    names = [n["name"] for n in nodes]
+    existing: dict[str, int] = {}
+    for start in range(0, len(names), 500):
+        part = names[start : start + 500]
+        existing.update(
+            conn.execute(
+                select(runs.c.name, runs.c.id).where(
+                    runs.c.project_id == project_id, runs.c.name.in_(part)
+                )
+            )
+            .tuples()
+            .all()
+        )
+    now = utcnow()
+    fresh: list[dict[str, Any]] = []
+    for node in nodes:
+        cols = run_columns(entity, project, node)
+        cols["synced_at"] = now
+        if cols["name"] in existing:
+            run_id = existing[cols["name"]]
+            conn.execute(update(runs).where(runs.c.id == run_id).values(**cols))
+        else:
+            cols.setdefault("created_at", now)
+            cols.update(project_id=project_id, deleted_at=None)
+            fresh.append(cols)
+    if fresh:
+        _fill_defaults(fresh)
+        inserted = conn.execute(
+            insert(runs).returning(runs.c.name, runs.c.id, sort_by_parameter_order=True), fresh
+        )
+        existing.update(inserted.tuples().all())
+    ids = {name: existing[name] for name in names}
+    reindex(conn, project_id, list(ids.values()))
+    return ids
+
+
+def _fill_defaults(rows: list[dict[str, Any]]) -> None:
+    """Executemany needs every row to carry the same columns."""
+    columns = set().union(*(r.keys() for r in rows))
+    defaults = {"tags": "[]", "config": "{}", "summary_metrics": "{}", "system_metrics": "{}"}
+    defaults["history_line_count"] = 0
+    for row in rows:
+        for column in columns:
+            row.setdefault(column, defaults.get(column))
+        for column, value in defaults.items():
+            if row.get(column) is None:
+                row[column] = value
+
+
+def reindex(conn: Connection, project_id: int, run_ids: Sequence[int]) -> None:
+    """Rebuild the ``run_fields`` rows of some runs from their stored columns."""
+    if not run_ids:
+        return
+    keys = FieldKeys(conn, project_id)
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(run_ids), 500):
+        part = run_ids[start : start + 500]
+        conn.execute(delete(run_fields).where(run_fields.c.run_id.in_(part)))
+        for run in conn.execute(select(runs).where(runs.c.id.in_(part))).mappings():
+            for path, elem, kind, num, txt in flatten(run_document(run)):
+                rows.append(
+                    {
+                        "run_id": run["id"],
+                        "key_id": keys.id(path),
+                        "elem": elem,
+                        "kind": kind,
+                        "num": num,
+                        "txt": txt,
+                    }
+                )
+            if len(rows) >= 20_000:
+                conn.execute(insert(run_fields), rows)
+                rows = []
+    if rows:
+        conn.execute(insert(run_fields), rows)
+
+
+def last_step(conn: Connection, run_id: int, stream: str = "history") -> int | None:
+    """The last mirrored step of a run's stream (``None``: nothing mirrored yet)."""
+    return conn.execute(
+        select(func.max(history_chunks.c.last_step)).where(
+            history_chunks.c.run_id == run_id, history_chunks.c.stream == stream
+        )
+    ).scalar()
+
+
+def append_history(
+    conn: Connection, run_id: int, rows: Iterable[dict[str, Any]], stream: str = "history"
+) -> int:
+    """Append rows after the last mirrored step; returns how many were new.
+
+    Rows at or before the last mirrored step are skipped, so re-sending a page after a crash adds
+    nothing twice. A partly filled last chunk is merged with the new rows, keeping chunks full.
+    """
+    tail = (
+        conn.execute(
+            select(history_chunks)
+            .where(history_chunks.c.run_id == run_id, history_chunks.c.stream == stream)
+            .order_by(history_chunks.c.last_step.desc())
+            .limit(1)
+        )
+        .mappings()
+        .first()
+    )
+    after = None if tail is None else tail["last_step"]
+    ordinal = 0 if tail is None else tail["last_step"] + 1
+    pending: list[tuple[int, dict[str, Any]]] = []
+    for row in rows:
+        step = codec.step_of(row, ordinal)
+        ordinal = step + 1
+        if after is not None and step <= after:
+            continue
+        pending.append((step, row))
+    added = len(pending)
+    if not added:
+        return 0
+    if tail is not None and tail["row_count"] < codec.CHUNK_ROWS:
+        previous = codec.decode(tail["data"]).rows()
+        carried = [(codec.step_of(r, tail["first_step"] + i), r) for i, r in enumerate(previous)]
+        conn.execute(delete(history_chunks).where(history_chunks.c.id == tail["id"]))
+        pending = carried + pending
+    for start in range(0, len(pending), codec.CHUNK_ROWS):
+        part = pending[start : start + codec.CHUNK_ROWS]
+        conn.execute(
+            insert(history_chunks).values(
+                run_id=run_id,
+                stream=stream,
+                first_step=part[0][0],
+                last_step=part[-1][0],
+                row_count=len(part),
+                data=codec.encode([row for _, row in part]),
+            )
+        )
+    return added
+
+
+def history_keys_of(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """W&B's ``historyKeys`` for rows: type counts per key and the last step."""
+    counts: dict[str, dict[str, int]] = {}
+    last = -1
+    for i, row in enumerate(rows):
+        last = codec.step_of(row, i)
+        for key, value in row.items():
+            kind = _wandb_type(value)
+            per = counts.setdefault(key, {})
+            per[kind] = per.get(kind, 0) + 1
+    return {
+        "keys": {
+            key: {"typeCounts": [{"type": t, "count": c} for t, c in per.items()]}
+            for key, per in counts.items()
+        },
+        "lastStep": last,
+    }
+
+
+def _wandb_type(value: Any) -> str:
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return str(value.get("_type", "map"))
+    return "list"
