@@ -72,7 +72,7 @@ class Chunk:
     columns: dict[str, Column]
 
     def rows(self, keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """The rows as dicts; with ``keys``, only those keys and only rows holding any of them."""
+        """The rows as dicts, all ``n`` of them; with ``keys``, holding only those keys."""
         names = list(self.columns) if keys is None else [k for k in keys if k in self.columns]
         out: list[dict[str, Any]] = [{} for _ in range(self.n)]
         for name in names:
@@ -81,9 +81,7 @@ class Chunk:
             where = range(self.n) if col.mask is None else np.flatnonzero(col.mask).tolist()
             for i, v in zip(where, values, strict=True):
                 out[i][name] = v
-        if keys is None:
-            return out
-        return [row for row in out if row]
+        return out
 
 
 def _python_values(col: Column) -> list[Any]:
