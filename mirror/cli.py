@@ -1,0 +1,323 @@
+"""The ``wandb-mirror`` command. Every failure a user can cause ends in one line and exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from mirror import __version__
+from mirror.config import Settings, load_settings
+from mirror.errors import MirrorError
+from mirror.store import migrate
+from mirror.store.engine import make_engine
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def _database(args: argparse.Namespace) -> str | None:
+    return args.db or _settings(args).database
+
+
+def _open(args: argparse.Namespace, create: bool = False) -> Engine:
+    """The mirror's engine; readers insist on a database at the version this code expects."""
+    engine = make_engine(_database(args))
+    if create:
+        return engine
+    current = migrate.current_revision(engine)
+    head = migrate.head_revision()
+    if current is None:
+        raise MirrorError(f"no mirror at {engine.url}; create one with `wandb-mirror init`")
+    if current != head:
+        raise MirrorError(
+            f"the mirror at {engine.url} is at schema {current}, this wandb-mirror needs {head}; "
+            "run `wandb-mirror db upgrade`"
+        )
+    return engine
+
+
+def _progress(total: int, label: str) -> Any:
+    """A tqdm bar on a terminal, nothing when piped; returns a callable taking the count done."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=label, unit="run", leave=False)
+
+    def update(done: int) -> None:
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    engine = _open(args, create=True)
+    snapshot = migrate.upgrade(engine)
+    if snapshot:
+        print(f"snapshot taken before the upgrade: {snapshot}")
+    print(f"mirror ready at {engine.url} (schema {migrate.current_revision(engine)})")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    engine = _open(args, create=True)
+    if args.db_command == "upgrade":
+        return cmd_init(args)
+    if args.db_command == "current":
+        current = migrate.current_revision(engine)
+        head = migrate.head_revision()
+        state = "up to date" if current == head else f"behind: latest is {head}"
+        print(f"{current or 'empty'} ({state})")
+        return 0
+    differences = migrate.schema_differences(engine)
+    current = migrate.current_revision(engine)
+    if current != migrate.head_revision() or differences:
+        for difference in differences:
+            print(f"differs: {difference}")
+        print(
+            f"schema check failed at revision {current or 'empty'}; run `wandb-mirror db upgrade`"
+        )
+        return EXIT_ERROR
+    print(f"schema {current} matches this wandb-mirror")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from mirror.query.paths import project_path
+    from mirror.synth import seed_project
+
+    entity, project = project_path(args.path)
+    engine = _open(args, create=True)
+    migrate.upgrade(engine)
+    count = seed_project(
+        engine,
+        entity,
+        project,
+        args.runs,
+        args.steps,
+        seed=args.seed,
+        progress=_progress(args.runs, f"seeding {entity}/{project}"),
+    )
+    print(f"seeded {count} runs with {args.steps} steps each into {entity}/{project}")
+    return 0
+
+
+def _parse_filter_arg(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MirrorError(f"--filter is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise MirrorError('--filter must be a JSON object, e.g. \'{"state": "finished"}\'')
+    return value
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from mirror.output import DEFAULT_RUN_COLUMNS, run_value, write_csv, write_jsonl, write_table
+    from mirror.query.api import Api
+
+    engine = _open(args)
+    api = Api(database=str(engine.url), overrides={"entity": _settings(args).entity})
+    runs = api.runs(args.path, _parse_filter_arg(args.filter), order=args.order, per_page=500)
+    selected = runs[: args.limit] if args.limit is not None else list(runs)
+    if args.format == "json":
+        write_jsonl((_run_record(run) for run in selected), sys.stdout)
+        return 0
+    columns = list(DEFAULT_RUN_COLUMNS) + (args.columns.split(",") if args.columns else [])
+    rows = [[run_value(run, c) for c in columns] for run in selected]
+    if args.format == "csv":
+        write_csv(rows, columns, sys.stdout)
+    else:
+        write_table(rows, columns, sys.stdout)
+        print(f"{len(selected)} of {len(runs)} runs", file=sys.stderr)
+    return 0
+
+
+def _run_record(run: Any) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "name": run.name,
+        "state": run.state,
+        "tags": run.tags,
+        "group": run.group,
+        "job_type": run.job_type,
+        "created_at": run.created_at,
+        "heartbeat_at": run.heartbeat_at,
+        "config": run.config,
+        "summary": dict(run.summary),
+    }
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from mirror.output import write_csv, write_jsonl, write_parquet
+    from mirror.query.api import Api
+
+    engine = _open(args)
+    api = Api(database=str(engine.url), overrides={"entity": _settings(args).entity})
+    run = api.run(args.path)
+    keys = [k for k in args.keys.split(",") if k] if args.keys else None
+    rows = run.history(
+        samples=args.samples,
+        keys=keys,
+        pandas=False,
+        stream=args.stream,
+        min_step=args.min_step,
+        max_step=args.max_step,
+    )
+    if args.format == "json":
+        write_jsonl(rows, sys.stdout)
+    elif args.format == "parquet":
+        if args.out is None and sys.stdout.isatty():
+            raise MirrorError("parquet is binary: give --out FILE or redirect the output")
+        with open(args.out, "wb") if args.out else _stdout_bytes() as out:
+            write_parquet(rows, out)
+    else:
+        header = list(dict.fromkeys(k for row in rows for k in row))
+        write_csv(([row.get(k) for k in header] for row in rows), header, sys.stdout)
+    return 0
+
+
+def _stdout_bytes() -> Any:
+    from contextlib import nullcontext
+
+    return nullcontext(sys.stdout.buffer)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mirror.exchange import export_project
+    from mirror.query.paths import project_path
+
+    entity, project = project_path(args.path)
+    summary = export_project(_open(args), entity, project, args.format, Path(args.out))
+    print(summary)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from mirror.exchange import import_dir
+
+    engine = _open(args, create=True)
+    migrate.upgrade(engine)
+    print(import_dir(engine, Path(args.directory)))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mirror.serve.server import run_from_args
+
+    settings = _settings(args)
+    args.db = _database(args)
+    args.api_key = list(args.api_key or []) + list(settings.serve.api_keys)
+    _open(args).dispose()
+    return run_from_args(args) or 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mirror.demo import run_demo
+
+    return run_demo(_database(args), sys.stdout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; each subcommand names the function that runs it."""
+    parser = argparse.ArgumentParser(
+        prog="wandb-mirror",
+        description="A complete, queryable local mirror of Weights & Biases projects.",
+    )
+    parser.add_argument("--version", action="version", version=f"wandb-mirror {__version__}")
+    parser.add_argument("--db", help="database path or SQLAlchemy URL (env WANDB_MIRROR_DB)")
+    parser.add_argument("--config", help="TOML config file (env WANDB_MIRROR_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("init", help="create or upgrade the mirror database").set_defaults(fn=cmd_init)
+
+    db = sub.add_parser("db", help="database schema: upgrade, current, check")
+    db.add_argument("db_command", choices=["upgrade", "current", "check"])
+    db.set_defaults(fn=cmd_db)
+
+    seed = sub.add_parser("seed", help="write a synthetic project (the stand-in for W&B)")
+    seed.add_argument("path", metavar="ENTITY/PROJECT")
+    seed.add_argument("--runs", type=int, default=100)
+    seed.add_argument("--steps", type=int, default=100)
+    seed.add_argument("--seed", type=int, default=0)
+    seed.set_defaults(fn=cmd_seed)
+
+    runs = sub.add_parser("runs", help="list runs matching a MongoDB filter, offline")
+    runs.add_argument("path", metavar="ENTITY/PROJECT")
+    runs.add_argument("--filter", help='MongoDB filter as JSON, e.g. \'{"state": "finished"}\'')
+    runs.add_argument("--order", default="-created_at", help="e.g. -summary_metrics.val_acc")
+    runs.add_argument("--limit", type=int)
+    runs.add_argument("--columns", help="extra columns, e.g. config.lr,summary.loss")
+    runs.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    runs.set_defaults(fn=cmd_runs)
+
+    history = sub.add_parser("history", help="a run's history rows, offline")
+    history.add_argument("path", metavar="ENTITY/PROJECT/RUN")
+    history.add_argument("--keys", help="comma-separated keys; rows holding any of them")
+    history.add_argument("--min-step", type=int)
+    history.add_argument("--max-step", type=int, help="exclusive")
+    history.add_argument("--samples", type=int, help="an even sample keeping first and last")
+    history.add_argument("--stream", choices=["default", "system"], default="default")
+    history.add_argument("--format", choices=["csv", "json", "parquet"], default="csv")
+    history.add_argument("--out", help="file to write (needed for parquet on a terminal)")
+    history.set_defaults(fn=cmd_history)
+
+    export = sub.add_parser("export", help="write a project to files")
+    export.add_argument("path", metavar="ENTITY/PROJECT")
+    export.add_argument("--format", choices=["jsonl", "parquet", "csv"], default="jsonl")
+    export.add_argument("--out", required=True, metavar="DIR")
+    export.set_defaults(fn=cmd_export)
+
+    imp = sub.add_parser("import", help="read a project exported as jsonl")
+    imp.add_argument("directory", metavar="DIR")
+    imp.set_defaults(fn=cmd_import)
+
+    serve = sub.add_parser("serve", help="serve the mirror as a W&B-compatible GraphQL endpoint")
+    from mirror.serve.server import add_arguments
+
+    add_arguments(serve)
+    serve.set_defaults(fn=cmd_serve)
+
+    sub.add_parser("demo", help="seed, mirror and query a synthetic project").set_defaults(
+        fn=cmd_demo
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except MirrorError as exc:
+        print(f"wandb-mirror: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        print(f"wandb-mirror: database error: {reason}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        print("wandb-mirror: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Settings: the TOML file, then the environment, then command-line flags, into one frozen object.
+
+The API key is deliberately not a setting: it is read from ``WANDB_API_KEY`` or netrc when a
+request is made (``mirror.remote``), so it can never end up in a file the mirror writes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mirror.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+
+def default_config_path() -> Path:
+    """``$XDG_CONFIG_HOME/wandb-mirror/config.toml`` (``~/.config/...``)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "wandb-mirror" / "config.toml"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The GraphQL server's address and the keys it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, resolved once at start-up."""
+
+    database: str | None = None
+    base_url: str = "https://api.wandb.ai"
+    entity: str | None = None
+    projects: tuple[str, ...] = ()
+    serve: ServeSettings = field(default_factory=ServeSettings)
+    source: Path | None = None
+
+
+_KNOWN = {
+    "database": str,
+    "base_url": str,
+    "entity": str,
+    "projects": list,
+    "serve": dict,
+}
+_SERVE_KNOWN = {"host": str, "port": int, "api_keys": list}
+
+
+def _check(table: dict[str, Any], known: dict[str, type], where: str, path: Path) -> None:
+    for key, value in table.items():
+        if key not in known:
+            names = ", ".join(sorted(known))
+            raise ConfigError(f"{path}: unknown setting {where}{key!r}; known settings: {names}")
+        expected = known[key]
+        if not isinstance(value, expected) or isinstance(value, bool) and expected is int:
+            raise ConfigError(
+                f"{path}: {where}{key} must be a {expected.__name__}, not {type(value).__name__}"
+            )
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read the config file (explicit path, ``WANDB_MIRROR_CONFIG``, or the default if present).
+
+    An explicitly named file must exist; a broken file is a ``ConfigError`` naming the file,
+    the line and the problem.
+    """
+    explicit = path or os.environ.get("WANDB_MIRROR_CONFIG")
+    file = Path(explicit).expanduser() if explicit else default_config_path()
+    data: dict[str, Any] = {}
+    if file.is_file():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: cannot read: {exc}") from None
+    elif explicit:
+        raise ConfigError(f"{file}: no such config file; see config.example.toml")
+    _check(data, _KNOWN, "", file)
+    serve_table = data.get("serve", {})
+    _check(serve_table, _SERVE_KNOWN, "serve.", file)
+    env_keys = [k for k in os.environ.get("WANDB_MIRROR_SERVE_KEYS", "").split(",") if k.strip()]
+    serve = ServeSettings(
+        host=serve_table.get("host", ServeSettings.host),
+        port=serve_table.get("port", ServeSettings.port),
+        api_keys=tuple(serve_table.get("api_keys", [])) + tuple(k.strip() for k in env_keys),
+    )
+    return Settings(
+        database=os.environ.get("WANDB_MIRROR_DB") or data.get("database"),
+        base_url=os.environ.get("WANDB_BASE_URL") or data.get("base_url", Settings.base_url),
+        entity=os.environ.get("WANDB_ENTITY") or data.get("entity"),
+        projects=tuple(data.get("projects", [])),
+        serve=serve,
+        source=file if file.is_file() else None,
+    )

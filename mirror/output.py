@@ -1,0 +1,92 @@
+"""Rendering query results for a terminal or a pipe: table, JSON lines, CSV, Parquet."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from collections.abc import Iterable, Sequence
+from typing import IO, Any
+
+from mirror.store.fields import dumps
+
+DEFAULT_RUN_COLUMNS = ("id", "name", "state", "created_at", "group", "tags")
+
+
+def run_value(run: Any, column: str) -> Any:
+    """A run's value for a column: an attribute, ``config.<k>`` or ``summary.<k>`` (dotted)."""
+    head, _, rest = column.partition(".")
+    if head == "config" and rest:
+        return _dig(run.config, rest)
+    if head in ("summary", "summary_metrics") and rest:
+        return _dig(run.summary, rest)
+    return getattr(run, column, None)
+
+
+def _dig(doc: Any, path: str) -> Any:
+    if isinstance(doc, dict) and path in doc:
+        return doc[path]
+    head, _, rest = path.partition(".")
+    if isinstance(doc, dict) and head in doc and rest:
+        return _dig(doc[head], rest)
+    return None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, dict)):
+        return dumps(value)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def write_table(rows: Sequence[Sequence[Any]], header: Sequence[str], out: IO[str]) -> None:
+    """A plain aligned table, cells cut to fit a terminal."""
+    width = max(40, shutil.get_terminal_size((120, 20)).columns)
+    limit = max(8, width // max(1, len(header)) + 4)
+    cells = [[_cell(v) for v in row] for row in rows]
+    cells = [[c if len(c) <= limit else c[: limit - 1] + "…" for c in row] for row in cells]
+    widths = [len(h) for h in header]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    out.write("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip() + "\n")
+    for row in cells:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def write_csv(rows: Iterable[Sequence[Any]], header: Sequence[str], out: IO[str]) -> None:
+    """CSV with a header; nested values as JSON text, non-finite floats as nan/inf."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_cell(v) for v in row])
+
+
+def write_jsonl(records: Iterable[dict[str, Any]], out: IO[str]) -> None:
+    """One JSON object per line, NaN and Infinity kept as W&B writes them."""
+    for record in records:
+        out.write(dumps(record) + "\n")
+
+
+def write_parquet(records: Sequence[dict[str, Any]], out: IO[bytes]) -> None:
+    """A Parquet table; columns of mixed types (media objects, strings) as JSON text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns: dict[str, list[Any]] = {}
+    for i, record in enumerate(records):
+        for key in record:
+            columns.setdefault(key, [None] * i)
+        for key, values in columns.items():
+            values.append(record.get(key))
+    arrays = {}
+    for key, values in columns.items():
+        try:
+            arrays[key] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arrays[key] = pa.array([None if v is None else dumps(v) for v in values])
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(arrays), buffer)
+    out.write(buffer.getvalue())

@@ -1,0 +1,376 @@
+"""The offline ``Api``: the read side of ``wandb.Api``, answered from the mirror.
+
+Code written against ``wandb.Api`` should run unchanged: the same names (``run.id`` is the run
+id, ``run.name`` the display name), lazy ``Runs`` with ``len`` from one COUNT, pages of
+``per_page``, ``api.flush()`` clearing the caches. Where W&B surprises people the mirror does
+not: ``history()`` returns every row unless ``samples`` is given (then an even, deterministic
+sample), and ``keys`` selects rows holding *any* of the keys, not only rows holding all of them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, RowMapping, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from mirror.errors import CommError, MirrorError
+from mirror.query.filters import parse_filter, parse_order
+from mirror.query.paths import project_path, run_path
+from mirror.query.sampling import sample_indices
+from mirror.query.sql import count_query, runs_query
+from mirror.store import migrate
+from mirror.store import read as store_read
+from mirror.store.engine import make_engine
+from mirror.store.fields import loads, unwrap_config
+from mirror.store.models import projects
+
+
+class NotFound(MirrorError, ValueError):
+    """A project or run the mirror does not hold (a ValueError, as ``wandb.Api`` raises)."""
+
+
+class Api:
+    """Entry point, as ``wandb.Api()``: ``Api()`` or ``Api(database="sqlite:///path/mirror.db")``.
+
+    ``database`` is a path or an SQLAlchemy URL; by default ``WANDB_MIRROR_DB`` or the default
+    mirror file. ``overrides={"entity": ...}`` (or ``WANDB_ENTITY``) lets paths omit the entity.
+    """
+
+    def __init__(
+        self,
+        database: str | os.PathLike[str] | None = None,
+        overrides: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        del timeout, api_key  # accepted for wandb.Api compatibility; offline needs neither
+        self._database = database
+        self._engine: Engine | None = None
+        self.default_entity = (overrides or {}).get("entity") or os.environ.get("WANDB_ENTITY")
+        self._runs_cache: dict[tuple[Any, ...], Runs] = {}
+        self._run_cache: dict[str, Run] = {}
+
+    @property
+    def engine(self) -> Engine:
+        """The database engine, opened and checked on first use."""
+        if self._engine is None:
+            try:
+                engine = make_engine(self._database)
+                current = migrate.current_revision(engine)
+            except (SQLAlchemyError, OSError) as exc:
+                raise CommError(f"cannot open the mirror database: {exc}", exc) from exc
+            if current is None:
+                engine.dispose()
+                raise CommError(
+                    f"the mirror database at {engine.url} is empty; "
+                    "run `wandb-mirror init` or `wandb-mirror sync` first"
+                )
+            self._engine = engine
+        return self._engine
+
+    def _connect(self) -> Connection:
+        try:
+            return self.engine.connect()
+        except SQLAlchemyError as exc:
+            raise CommError(f"cannot read the mirror database: {exc}", exc) from exc
+
+    def _read(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(conn, *args)`` in a read transaction, failures as ``CommError``."""
+        try:
+            with self._connect() as conn, conn.begin():
+                return fn(conn, *args)
+        except SQLAlchemyError as exc:
+            raise CommError(f"cannot read the mirror database: {exc}", exc) from exc
+
+    def _project_id(self, conn: Connection, entity: str, project: str) -> int:
+        found = store_read.find_project(conn, entity, project)
+        if found is None:
+            raise NotFound(f"Could not find project {entity}/{project} in the mirror")
+        return found["id"]
+
+    def projects(self, entity: str | None = None) -> list[str]:
+        """``entity/project`` for every mirrored project (of one entity, if given)."""
+        query = select(projects.c.entity, projects.c.name).order_by(projects.c.entity, "name")
+        if entity:
+            query = query.where(projects.c.entity == entity)
+        rows = self._read(lambda conn: conn.execute(query).all())
+        return [f"{e}/{n}" for e, n in rows]
+
+    def runs(
+        self,
+        path: str,
+        filters: dict[str, Any] | None = None,
+        order: str = "-created_at",
+        per_page: int = 50,
+        include_sweeps: bool = True,
+        lazy: bool = True,
+    ) -> Runs:
+        """The runs of a project matching a MongoDB filter, lazily, in ``per_page`` pages."""
+        del include_sweeps, lazy
+        entity, project = project_path(path, self.default_entity)
+        node = parse_filter(filters)
+        parsed_order = parse_order(order)
+        key = (entity, project, repr(node), repr(parsed_order), per_page)
+        if key not in self._runs_cache:
+            project_id = self._read(self._project_id, entity, project)
+            self._runs_cache[key] = Runs(
+                self, entity, project, project_id, node, parsed_order, per_page
+            )
+        return self._runs_cache[key]
+
+    def run(self, path: str) -> Run:
+        """One run by ``entity/project/run_id`` (or any path form wandb accepts)."""
+        entity, project, run_id = run_path(path, self.default_entity)
+        cache_key = f"{entity}/{project}/{run_id}"
+        if cache_key not in self._run_cache:
+
+            def load(conn: Connection) -> RowMapping | None:
+                return store_read.find_run(conn, self._project_id(conn, entity, project), run_id)
+
+            row = self._read(load)
+            if row is None:
+                raise NotFound(f"Could not find run {cache_key} in the mirror")
+            self._run_cache[cache_key] = Run(self, entity, project, row)
+        return self._run_cache[cache_key]
+
+    def flush(self) -> None:
+        """Forget cached results, so the next read sees what a sync wrote since."""
+        self._runs_cache.clear()
+        self._run_cache.clear()
+
+
+class Runs(Sequence["Run"]):
+    """A lazy, list-like result: ``len`` is one COUNT, rows are fetched a page at a time."""
+
+    def __init__(
+        self,
+        api: Api,
+        entity: str,
+        project: str,
+        project_id: int,
+        node: Any,
+        order: Any,
+        per_page: int,
+    ) -> None:
+        self._api = api
+        self.entity = entity
+        self.project = project
+        self._project_id = project_id
+        self._node = node
+        self._order = order
+        self.per_page = max(1, int(per_page))
+        self._length: int | None = None
+        self._pages: dict[int, list[Run]] = {}
+
+    def __len__(self) -> int:
+        if self._length is None:
+            query = count_query(self._project_id, self._node)
+            self._length = int(self._api._read(lambda conn: conn.execute(query).scalar_one()))
+        return self._length
+
+    def _page(self, number: int) -> list[Run]:
+        if number not in self._pages:
+            query = (
+                runs_query(self._project_id, self._node, self._order)
+                .offset(number * self.per_page)
+                .limit(self.per_page)
+            )
+            rows = self._api._read(lambda conn: conn.execute(query).mappings().all())
+            self._pages[number] = [Run(self._api, self.entity, self.project, r) for r in rows]
+        return self._pages[number]
+
+    def __iter__(self) -> Iterator[Run]:
+        number = 0
+        while True:
+            page = self._page(number)
+            yield from page
+            if len(page) < self.per_page:
+                return
+            number += 1
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        page = self._page(index // self.per_page) if index >= 0 else []
+        offset = index % self.per_page
+        if index < 0 or offset >= len(page):
+            raise IndexError("runs index out of range")
+        return page[offset]
+
+    def __repr__(self) -> str:
+        return f"<Runs {self.entity}/{self.project}>"
+
+
+class Summary(dict):
+    """A run's summary: a plain dict of W&B's summary metrics (media objects keep ``_type``)."""
+
+    @property
+    def _json_dict(self) -> dict[str, Any]:
+        """As ``wandb``'s summary exposes its raw JSON."""
+        return dict(self)
+
+
+class Run:
+    """One mirrored run, read-only, with the attribute names of ``wandb.apis.public.Run``."""
+
+    def __init__(self, api: Api, entity: str, project: str, row: RowMapping) -> None:
+        self._api = api
+        self._row = row
+        self.entity = entity
+        self.project = project
+        self.id: str = row["name"]
+        self.storage_id: str = row["storage_id"]
+        self.name: str | None = row["display_name"]
+        self.display_name = self.name
+        self.state: str | None = row["state"]
+        self.tags: list[str] = loads(row["tags"], [])
+        self.group: str | None = row["group_name"]
+        self.job_type: str | None = row["job_type"]
+        self.notes: str | None = row["notes"]
+        self.description: str | None = row["description"]
+        self.commit: str | None = row["commit"]
+        self.host: str | None = row["host"]
+        self.sweep_name: str | None = row["sweep_name"]
+        self.created_at: str = row["created_at"]
+        self.heartbeat_at: str | None = row["heartbeat_at"]
+        self.updated_at: str | None = row["updated_at"]
+        self.history_line_count: int = row["history_line_count"]
+        self.deleted_at: str | None = row["deleted_at"]
+        self.rawconfig: dict[str, Any] = loads(row["config"], {}) or {}
+        self.config: dict[str, Any] = unwrap_config(self.rawconfig)
+        self.summary = Summary(loads(row["summary_metrics"], {}) or {})
+        self.system_metrics: dict[str, Any] = loads(row["system_metrics"], {}) or {}
+        self.history_keys: dict[str, Any] | None = loads(row["history_keys"], None)
+        self.user = {"username": row["username"], "name": row["user_name"]}
+
+    @property
+    def path(self) -> list[str]:
+        """``[entity, project, run_id]``, as wandb gives it."""
+        return [self.entity, self.project, self.id]
+
+    @property
+    def url(self) -> str:
+        """Where the run lives on W&B."""
+        return f"https://wandb.ai/{self.entity}/{self.project}/runs/{self.id}"
+
+    @property
+    def summary_metrics(self) -> dict[str, Any]:
+        """The summary under wandb's other name for it."""
+        return self.summary
+
+    @property
+    def json_config(self) -> str:
+        """The raw config as JSON text, as W&B stores it (values wrapped)."""
+        return self._row["config"]
+
+    @property
+    def lastHistoryStep(self) -> int:  # noqa: N802 - wandb's name
+        """The last step logged, or -1 for a run without history."""
+        if self.history_keys and "lastStep" in self.history_keys:
+            return int(self.history_keys["lastStep"])
+        return -1
+
+    def _stream(self, stream: str) -> str:
+        if stream in ("default", "history"):
+            return "history"
+        if stream in ("system", "events"):
+            return "events"
+        raise ValueError(f"unknown history stream {stream!r}; use 'default' or 'system'")
+
+    def scan_history(
+        self,
+        keys: Sequence[str] | None = None,
+        page_size: int = 1000,
+        min_step: int | None = None,
+        max_step: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every row in ``[min_step, max_step)``, streamed a chunk at a time (bounded memory)."""
+        del page_size  # rows stream by stored chunk; the argument is kept for compatibility
+        conn = self._api._connect()
+        try:
+            with conn.begin():
+                yield from store_read.iter_rows(
+                    conn, self._row["id"], "history", min_step, max_step, keys
+                )
+        except SQLAlchemyError as exc:
+            raise CommError(f"cannot read history of {self.id}: {exc}", exc) from exc
+        finally:
+            conn.close()
+
+    def history(
+        self,
+        samples: int | None = None,
+        keys: Sequence[str] | None = None,
+        x_axis: str = "_step",
+        pandas: bool = True,
+        stream: str = "default",
+        min_step: int | None = None,
+        max_step: int | None = None,
+    ) -> Any:
+        """History rows: all of them unless ``samples`` is given, as a DataFrame by default."""
+        del x_axis
+        stream_name = self._stream(stream)
+        if pandas:
+            frame = self._api._read(
+                _history_frame, self._row["id"], stream_name, min_step, max_step, keys
+            )
+            if samples is not None:
+                frame = frame.iloc[sample_indices(len(frame), samples)].reset_index(drop=True)
+            return frame
+        rows = self._api._read(
+            lambda conn: list(
+                store_read.iter_rows(conn, self._row["id"], stream_name, min_step, max_step, keys)
+            )
+        )
+        if samples is not None:
+            rows = [rows[i] for i in sample_indices(len(rows), samples)]
+        return rows
+
+    def __repr__(self) -> str:
+        return f"<Run {self.entity}/{self.project}/{self.id} ({self.state})>"
+
+
+def _history_frame(
+    conn: Connection,
+    run_id: int,
+    stream: str,
+    min_step: int | None,
+    max_step: int | None,
+    keys: Sequence[str] | None,
+) -> Any:
+    """History as a DataFrame built column by column from the chunks: no per-row Python work."""
+    import numpy as np
+    import pandas as pd
+
+    frames = []
+    for first, _last, chunk in store_read.iter_chunks(conn, run_id, stream, min_step, max_step):
+        names = list(chunk.columns) if keys is None else [*keys, "_step"]
+        data = {k: chunk.columns[k].full(chunk.n) for k in names if k in chunk.columns}
+        if "_step" in chunk.columns:
+            steps = chunk.columns["_step"].full(chunk.n)
+        else:
+            steps = np.arange(first, first + chunk.n)
+        keep = np.ones(chunk.n, dtype=bool)
+        if min_step is not None:
+            keep &= steps >= min_step
+        if max_step is not None:
+            keep &= steps < max_step
+        if keys is not None:
+            held = np.zeros(chunk.n, dtype=bool)
+            for k in keys:
+                col = chunk.columns.get(k)
+                if col is not None:
+                    held |= True if col.mask is None else col.mask
+            keep &= held
+        frame = pd.DataFrame(data)
+        frames.append(frame if keep.all() else frame[keep])
+    if not frames:
+        return pd.DataFrame()
+    if len(frames) == 1:
+        return frames[0].reset_index(drop=True)
+    return pd.concat(frames, ignore_index=True)
