@@ -17,6 +17,9 @@ def snapshot(engine: Engine, dest_dir: Path, label: str = "snapshot") -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     target = dest_dir / f"mirror-{stamp}-{label}.db"
-    with engine.connect() as conn:
-        conn.exec_driver_sql("VACUUM INTO ?", (str(target),))
+    raw = engine.raw_connection()  # VACUUM cannot run inside the transaction SQLAlchemy opens
+    try:
+        raw.driver_connection.execute("VACUUM INTO ?", (str(target),))
+    finally:
+        raw.close()
     return target

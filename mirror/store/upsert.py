@@ -107,7 +107,7 @@ class FieldKeys:
         rows = conn.execute(
             select(field_keys.c.path, field_keys.c.id).where(field_keys.c.project_id == project_id)
         )
-        self.ids: dict[str, int] = dict(rows.tuples().all())
+        self.ids: dict[str, int] = dict(rows.all())
 
     def id(self, path: str) -> int:
         found = self.ids.get(path)
@@ -139,9 +139,7 @@ def upsert_runs(
                 select(runs.c.name, runs.c.id).where(
                     runs.c.project_id == project_id, runs.c.name.in_(part)
                 )
-            )
-            .tuples()
-            .all()
+            ).all()
         )
     now = utcnow()
     fresh: list[dict[str, Any]] = []
@@ -160,7 +158,7 @@ def upsert_runs(
         inserted = conn.execute(
             insert(runs).returning(runs.c.name, runs.c.id, sort_by_parameter_order=True), fresh
         )
-        existing.update(inserted.tuples().all())
+        existing.update(inserted.all())
     ids = {name: existing[name] for name in names}
     reindex(conn, project_id, list(ids.values()))
     return ids

@@ -1,0 +1,202 @@
+"""The store: migrations, WAL readers beside a writer, lossless history chunks, idempotent appends."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from sqlalchemy import func, inspect, select, text
+
+from mirror.store import history as codec
+from mirror.store import migrate
+from mirror.store.engine import make_engine, read_transaction, write_transaction
+from mirror.store.fields import Kind, flatten, run_document
+from mirror.store.models import history_chunks, run_fields, runs
+from mirror.store.read import find_run, iter_rows
+from mirror.store.upsert import append_history, storage_id, upsert_runs
+
+
+def node(name: str, **extra):
+    base = {
+        "name": name,
+        "displayName": f"run-{name}",
+        "state": "finished",
+        "tags": ["a"],
+        "createdAt": "2024-01-01T00:00:00",
+        "config": json.dumps({"lr": {"value": 0.1, "desc": None}, "_wandb": {"value": {}}}),
+        "summaryMetrics": json.dumps({"loss": 0.5}),
+    }
+    base.update(extra)
+    return base
+
+
+def test_models_and_migrations_agree(engine):
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    assert migrate.schema_differences(engine) == []
+
+
+def test_upgrade_snapshots_a_non_empty_database(tmp_path: Path):
+    path = tmp_path / "old.db"
+    engine = make_engine(path)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE notes (body TEXT)")
+        conn.exec_driver_sql("INSERT INTO notes VALUES ('keep me')")
+    snapshot = migrate.upgrade(engine)
+    assert snapshot is not None and snapshot.exists()
+    copy = make_engine(snapshot)
+    with copy.connect() as conn:
+        assert conn.exec_driver_sql("SELECT body FROM notes").scalar() == "keep me"
+        assert "runs" not in inspect(conn).get_table_names()
+    assert "runs" in inspect(engine).get_table_names()
+    assert migrate.upgrade(engine) is None  # already at head: nothing to do, no snapshot
+
+
+def test_sqlite_runs_in_wal_mode(engine):
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+
+
+def test_reader_is_not_blocked_by_a_writer_in_another_process(engine, db_path: Path):
+    with write_transaction(engine) as conn:
+        upsert_runs(conn, "e", "p", [node("r1")])
+    holder = textwrap.dedent(
+        f"""
+        import sys, time, json
+        from mirror.store.engine import make_engine, write_transaction
+        from mirror.store.upsert import upsert_runs
+        engine = make_engine({str(db_path)!r})
+        with write_transaction(engine) as conn:
+            upsert_runs(conn, "e", "p", [{{"name": "r2", "createdAt": "2024-01-02T00:00:00"}}])
+            print("holding", flush=True)
+            time.sleep(5)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        started = time.monotonic()
+        with read_transaction(engine) as conn:
+            names = conn.execute(select(runs.c.name)).scalars().all()
+        assert time.monotonic() - started < 1.0
+        assert names == ["r1"]  # the uncommitted run is invisible, the read did not wait
+    finally:
+        proc.wait(timeout=30)
+    with read_transaction(engine) as conn:
+        assert sorted(conn.execute(select(runs.c.name)).scalars()) == ["r1", "r2"]
+
+
+def test_upsert_keeps_row_ids_and_reindexes(engine):
+    with write_transaction(engine) as conn:
+        first = upsert_runs(conn, "e", "p", [node("r1")])
+        again = upsert_runs(conn, "e", "p", [node("r1", state="crashed", tags=["b", "c"])])
+        assert first == again
+        row = find_run(conn, conn.execute(select(runs.c.project_id)).scalar(), "r1")
+        assert row["state"] == "crashed"
+        assert row["storage_id"] == storage_id("e", "p", "r1")
+        tag_rows = conn.execute(
+            select(run_fields.c.txt).where(run_fields.c.run_id == row["id"], run_fields.c.elem == 1)
+        ).scalars()
+        assert sorted(t for t in tag_rows if t in ("a", "b", "c")) == ["b", "c"]
+
+
+def test_flatten_reaches_dotted_keys_arrays_and_nan():
+    doc = run_document(
+        {
+            "name": "r",
+            "tags": '["x"]',
+            "config": json.dumps({"name.with.dot": {"value": 1}, "layers": {"value": [64, 128]}}),
+            "summary_metrics": '{"m": NaN, "img": {"_type": "image-file", "path": "p.png"}}',
+            **{c: None for c in ("display_name", "state", "group_name", "job_type", "notes")},
+            **{c: None for c in ("description", "sweep_name", "created_at", "heartbeat_at")},
+            **{c: None for c in ("updated_at", "username", "host", "commit")},
+        }
+    )
+    rows = {(p, e): (k, n, t) for p, e, k, n, t in flatten(doc)}
+    assert rows[("config.name.with.dot", 0)][:2] == (Kind.NUMBER, 1.0)
+    assert rows[("config.layers.1", 0)][:2] == (Kind.NUMBER, 128.0)
+    assert rows[("summary_metrics.m", 0)] == (Kind.NUMBER, None, "NaN")
+    assert rows[("summary_metrics.img._type", 0)] == (Kind.STRING, None, "image-file")
+    assert ("summary_metrics.img.path", 0) not in rows  # media insides are not indexed
+
+
+def _rows(n: int, start: int = 0, every: int = 1):
+    out = []
+    for i in range(n):
+        step = start + i * every
+        row = {"_step": step, "loss": 1 / (step + 1), "acc": step % 2, "_runtime": step * 0.5}
+        if step % 10 == 0:
+            row["eval/f1"] = float("nan") if step % 20 == 0 else 0.5
+        if step == 3:
+            row["weights"] = {"_type": "histogram", "values": [1, 2], "bins": [0.0, 0.5, 1.0]}
+            row["big"] = 2**62
+            row["flag"] = True
+            row["inf"] = float("-inf")
+        out.append(row)
+    return out
+
+
+def _same(a, b) -> bool:
+    return json.dumps(a, allow_nan=True) == json.dumps(b, allow_nan=True)
+
+
+def test_chunk_round_trip_is_lossless():
+    rows = _rows(500)
+    chunk = codec.decode(codec.encode(rows))
+    assert _same(chunk.rows(), rows)
+    back = chunk.rows()
+    assert type(back[3]["acc"]) is int and type(back[3]["loss"]) is float
+    assert back[3]["flag"] is True and back[3]["big"] == 2**62
+    assert math.isnan(back[0]["eval/f1"]) and back[3]["inf"] == float("-inf")
+    assert "eval/f1" not in back[1]
+
+
+def test_append_history_is_idempotent_and_keeps_chunks_full(engine, monkeypatch):
+    monkeypatch.setattr(codec, "CHUNK_ROWS", 100)
+    with write_transaction(engine) as conn:
+        run_id = upsert_runs(conn, "e", "p", [node("r1")])["r1"]
+        rows = _rows(250, start=7, every=3)  # starts late, has gaps
+        assert append_history(conn, run_id, rows[:130]) == 130
+        assert append_history(conn, run_id, rows[:130]) == 0  # a re-sent page adds nothing
+        assert append_history(conn, run_id, rows[100:]) == 120
+        counts = conn.execute(
+            select(history_chunks.c.row_count).order_by(history_chunks.c.first_step)
+        ).scalars()
+        assert list(counts) == [100, 100, 50]
+        assert _same(list(iter_rows(conn, run_id)), rows)
+        window = list(iter_rows(conn, run_id, min_step=10, max_step=31))
+        assert [r["_step"] for r in window] == [10, 13, 16, 19, 22, 25, 28]
+        keyed = list(iter_rows(conn, run_id, keys=["eval/f1"]))
+        assert [r["_step"] for r in keyed] == [r["_step"] for r in rows if "eval/f1" in r]
+        assert all(set(r) <= {"_step", "eval/f1"} for r in keyed)
+
+
+def test_events_are_kept_apart_from_history(engine):
+    with write_transaction(engine) as conn:
+        run_id = upsert_runs(conn, "e", "p", [node("r1")])["r1"]
+        append_history(conn, run_id, _rows(5))
+        events = [{"system.cpu": 10.0 + i, "_runtime": i} for i in range(3)]
+        append_history(conn, run_id, events, stream="events")
+        assert list(iter_rows(conn, run_id, "events")) == events
+        assert len(list(iter_rows(conn, run_id))) == 5
+        total = conn.execute(select(func.sum(history_chunks.c.row_count))).scalar()
+        assert total == 8
+
+
+def test_storage_id_is_w_and_b_form():
+    import base64
+
+    assert base64.b64decode(storage_id("ent", "proj", "abc123")) == b"Run:v1:abc123:proj:ent"
+
+
+def test_values_are_bound_not_formatted(engine):
+    evil = "x'); DROP TABLE runs; --"
+    with write_transaction(engine) as conn:
+        upsert_runs(conn, "e", "p", [node(evil, displayName=evil)])
+    with read_transaction(engine) as conn:
+        assert conn.execute(text("SELECT name FROM runs")).scalar() == evil
