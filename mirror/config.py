@@ -55,6 +55,7 @@ _KNOWN = {
     "serve": dict,
 }
 _SERVE_KNOWN = {"host": str, "port": int, "api_keys": list}
+_TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "a table"}
 
 
 def _check(table: dict[str, Any], known: dict[str, type], where: str, path: Path) -> None:
@@ -65,7 +66,7 @@ def _check(table: dict[str, Any], known: dict[str, type], where: str, path: Path
         expected = known[key]
         if not isinstance(value, expected) or isinstance(value, bool) and expected is int:
             raise ConfigError(
-                f"{path}: {where}{key} must be a {expected.__name__}, not {type(value).__name__}"
+                f"{path}: {where}{key} must be {_TYPE_NAMES[expected]}, not {value!r}"
             )
 
 

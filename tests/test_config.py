@@ -1,0 +1,65 @@
+"""Config files: good ones load, broken ones are one clear line naming the file and problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mirror.config import load_settings
+from mirror.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path: Path):
+    for name in ("WANDB_MIRROR_DB", "WANDB_MIRROR_CONFIG", "WANDB_BASE_URL", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("WANDB_MIRROR_SERVE_KEYS", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+
+
+def test_the_example_config_loads():
+    settings = load_settings(EXAMPLE)
+    assert settings.projects == ("my-team/my-project",)
+    assert settings.serve.host == "127.0.0.1" and settings.serve.port == 8080
+
+
+def test_no_file_means_defaults():
+    settings = load_settings()
+    assert settings.database is None and settings.source is None
+
+
+def test_environment_wins_over_the_file(tmp_path: Path, monkeypatch):
+    file = tmp_path / "c.toml"
+    file.write_text('database = "/a.db"\n[serve]\napi_keys = ["k1"]\n')
+    monkeypatch.setenv("WANDB_MIRROR_DB", "/b.db")
+    monkeypatch.setenv("WANDB_MIRROR_SERVE_KEYS", "k2, k3")
+    settings = load_settings(file)
+    assert settings.database == "/b.db"
+    assert settings.serve.api_keys == ("k1", "k2", "k3")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("database = \n", "not valid TOML"),
+        ("databse = 'x'\n", "unknown setting 'databse'"),
+        ("[serve]\nport = 'eighty'\n", "serve.port must be an integer"),
+        ("[serve]\nport = true\n", "serve.port must be an integer"),
+        ("projects = 'one'\n", "projects must be a list"),
+    ],
+)
+def test_broken_files_name_the_problem(tmp_path: Path, body: str, message: str):
+    file = tmp_path / "bad.toml"
+    file.write_text(body)
+    with pytest.raises(ConfigError) as info:
+        load_settings(file)
+    assert message in str(info.value) and str(file) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_named_file_must_exist(tmp_path: Path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_settings(tmp_path / "missing.toml")
