@@ -10,7 +10,8 @@ Flattening rules (MongoDB semantics need each of them):
   is reachable because paths are joined with ``.`` (``config.name.with.dot``);
 * an array also gets one ``elem=1`` row per element under the same path (so ``{"tags": "a"}``
   means "has tag a"), a positional row ``path.<i>``, and its document elements are flattened
-  under the array's path with ``elem=1`` (``a.b`` reaches ``[{"b": 1}]``);
+  under the array's path with ``elem=1`` (``a.b`` reaches ``[{"b": 1}]``); an array reached that
+  way is expanded too, with its rows at ``elem=1`` (``a.b`` reaches 2 in ``[{"b": [2]}]``);
 * arrays longer than ``MAX_INDEXED_ARRAY`` and the insides of media objects (those with a
   ``_type`` key: histograms, images, tables) are indexed as whole values only, to keep the index
   proportional to what people filter on.
@@ -162,7 +163,7 @@ def _flatten_value(path: str, value: Any, elem: int) -> Iterator[FieldRow]:
             return
         for key, sub in value.items():
             yield from _flatten_value(f"{path}.{key}", sub, elem)
-    elif kind is Kind.ARRAY and elem == 0 and len(value) <= MAX_INDEXED_ARRAY:
+    elif kind is Kind.ARRAY and len(value) <= MAX_INDEXED_ARRAY:
         for i, item in enumerate(value):
             ikind, inum, itxt = typed(item)
             yield path, 1, int(ikind), inum, itxt
@@ -172,4 +173,4 @@ def _flatten_value(path: str, value: Any, elem: int) -> Iterator[FieldRow]:
                 else:
                     for key, sub in item.items():
                         yield from _flatten_value(f"{path}.{key}", sub, 1)
-            yield from _flatten_value(f"{path}.{i}", item, 0)
+            yield from _flatten_value(f"{path}.{i}", item, elem)
