@@ -1,0 +1,185 @@
+"""Write resolvers with W&B's semantics (PROTOCOL.md, "Writing back").
+
+``upsertBucket`` deep-merges config (a key missing from the input survives, W&B issue 11055),
+replaces summary and tags, sets the plain fields it is given, and creates a run from ``name`` +
+``modelName`` + ``entityName``. ``deleteRun`` tombstones the run, so it leaves every listing and
+``run`` answers null. ``updateRunState`` allows exactly the transitions W&B documents.
+Each mutation is one write transaction through ``mirror.store.upsert``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from typing import Any
+
+from graphql import GraphQLResolveInfo
+from sqlalchemy import Connection, RowMapping, select, update
+
+from mirror.serve.context import RequestContext
+from mirror.serve.errors import RequestError
+from mirror.serve.resolvers import default_entity
+from mirror.store.engine import write_transaction
+from mirror.store.fields import dumps, loads
+from mirror.store.models import projects, runs
+from mirror.store.read import find_project, find_run, find_run_by_storage_id
+from mirror.store.upsert import upsert_runs, utcnow
+
+DEFAULT_PROJECT = "uncategorized"
+
+#: target state → states W&B lets a run move from (wandb SDK ``Run.update_state``)
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    "pending": frozenset({"running", "failed", "crashed", "preempted"}),
+    "failed": frozenset({"pending", "running"}),
+}
+
+#: UpsertBucketInput fields copied as given → Run node keys
+_PLAIN_INPUTS = {
+    "displayName": "displayName",
+    "description": "description",
+    "notes": "notes",
+    "groupName": "group",
+    "jobType": "jobType",
+    "commit": "commit",
+    "host": "host",
+    "state": "state",
+    "sweep": "sweepName",
+}
+
+
+def deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """``patch`` over ``base``, recursing into objects both sides hold; nothing is removed."""
+    merged = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _json_object(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise RequestError(f"{name} must be a JSON object")
+    return value
+
+
+def _new_run_name() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def _names(conn: Connection, project_id: int) -> tuple[str, str]:
+    row = conn.execute(
+        select(projects.c.entity, projects.c.name).where(projects.c.id == project_id)
+    ).one()
+    return row.entity, row.name
+
+
+def _locate(conn: Connection, data: dict[str, Any]) -> tuple[str, str, str, RowMapping | None]:
+    """``(entity, project, run name, existing row or None)`` for an upsert input."""
+    if data.get("id"):
+        found = find_run_by_storage_id(conn, data["id"])
+        if found is not None and found["deleted_at"] is None:
+            entity, project = _names(conn, found["project_id"])
+            return entity, project, found["name"], found
+        if not data.get("name"):
+            raise RequestError(f"run {data['id']!r} not found")
+    entity = data.get("entityName") or default_entity(conn)
+    project = data.get("modelName") or DEFAULT_PROJECT
+    name = data.get("name") or _new_run_name()
+    project_row = find_project(conn, entity, project)
+    existing = None
+    if project_row is not None:
+        existing = find_run(conn, project_row["id"], name, include_deleted=True)
+    return entity, project, name, existing
+
+
+def _node(data: dict[str, Any], name: str, existing: RowMapping | None) -> dict[str, Any]:
+    """The W&B Run node to upsert: only what the input sets, merged as W&B merges it."""
+    now = utcnow()
+    node: dict[str, Any] = {"name": name, "updatedAt": now}
+    if existing is None or existing["deleted_at"] is not None:
+        node.update(createdAt=now, heartbeatAt=now, state="running", config={})
+        node.update(summaryMetrics={}, systemMetrics={}, tags=[], historyLineCount=0)
+    else:
+        node["id"] = existing["storage_id"]
+    for key, target in _PLAIN_INPUTS.items():
+        if data.get(key) is not None:
+            node[target] = data[key]
+    if data.get("tags") is not None:
+        node["tags"] = list(data["tags"])
+    if data.get("config") is not None:
+        patch = _json_object(data["config"], "config")
+        live = existing is not None and existing["deleted_at"] is None
+        base = (loads(existing["config"], {}) or {}) if live else {}
+        node["config"] = dumps(deep_merge(base, patch))
+    if data.get("summaryMetrics") is not None:
+        node["summaryMetrics"] = dumps(_json_object(data["summaryMetrics"], "summaryMetrics"))
+    return node
+
+
+def resolve_upsert_bucket(_root: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict:
+    """Update a run by storage id, or create one by name, project and entity."""
+    ctx: RequestContext = info.context
+    ctx.end_read()
+    with write_transaction(ctx.engine) as conn:
+        entity, project, name, existing = _locate(conn, input)
+        inserted = existing is None or existing["deleted_at"] is not None
+        ids = upsert_runs(conn, entity, project, [_node(input, name, existing)])
+        if existing is not None and existing["deleted_at"] is not None:
+            conn.execute(update(runs).where(runs.c.id == ids[name]).values(deleted_at=None))
+        bucket = conn.execute(select(runs).where(runs.c.id == ids[name])).mappings().one()
+    return {"bucket": bucket, "inserted": inserted}
+
+
+def _live_run(conn: Connection, storage_id: str) -> RowMapping:
+    found = find_run_by_storage_id(conn, storage_id)
+    if found is None or found["deleted_at"] is not None:
+        raise RequestError(f"run {storage_id!r} not found")
+    return found
+
+
+def resolve_delete_run(_root: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict:
+    """Tombstone the run: gone from listings and lookups, its rows kept."""
+    ctx: RequestContext = info.context
+    ctx.end_read()
+    with write_transaction(ctx.engine) as conn:
+        run = _live_run(conn, input["id"])
+        now = utcnow()
+        conn.execute(update(runs).where(runs.c.id == run["id"]).values(deleted_at=now))
+    return {"clientMutationId": input.get("clientMutationId")}
+
+
+def resolve_update_run_state(_root: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict:
+    """Move a run to ``pending`` or ``failed`` where W&B allows it; refuse anything else."""
+    ctx: RequestContext = info.context
+    target = input["state"]
+    ctx.end_read()
+    with write_transaction(ctx.engine) as conn:
+        run = _live_run(conn, input["id"])
+        allowed = ALLOWED_TRANSITIONS.get(target)
+        if allowed is None:
+            raise RequestError(
+                f"cannot set run state to {target!r}: only "
+                + " or ".join(repr(s) for s in ALLOWED_TRANSITIONS)
+                + " can be set"
+            )
+        if run["sweep_name"]:
+            raise RequestError("the state of a sweep run cannot be updated")
+        if run["state"] not in allowed:
+            raise RequestError(
+                f"cannot change run state from {run['state']!r} to {target!r} "
+                f"(allowed from: {', '.join(sorted(allowed))})"
+            )
+        entity, project = _names(conn, run["project_id"])
+        node = {"name": run["name"], "id": run["storage_id"], "state": target}
+        upsert_runs(conn, entity, project, [{**node, "updatedAt": utcnow()}])
+    return {"success": True}
+
+
+MUTATION_FIELDS = {
+    "upsertBucket": resolve_upsert_bucket,
+    "deleteRun": resolve_delete_run,
+    "updateRunState": resolve_update_run_state,
+}

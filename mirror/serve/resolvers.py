@@ -1,0 +1,370 @@
+"""Read resolvers: W&B's ``Query``, ``Project`` and ``Run`` fields over the store.
+
+Sources are plain rows of the ``projects`` and ``runs`` tables; every field turns one row into
+exactly what W&B sends (PROTOCOL.md): JSON *strings* for config and summaries, JSON objects for
+``historyKeys`` and sampled rows, naive UTC dates, storage ids, ``null`` for what is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+from graphql import GraphQLResolveInfo
+from sqlalchemy import Connection, RowMapping, case, func, select
+
+from mirror.query.filters import parse_filter, parse_order
+from mirror.query.sql import count_query, runs_query
+from mirror.serve import history
+from mirror.serve.context import RequestContext
+from mirror.serve.errors import HttpError, RequestError
+from mirror.serve.paging import encode_cursor, start_after
+from mirror.store.fields import dumps, loads
+from mirror.store.models import projects, runs
+from mirror.store.read import find_project, find_run, iter_rows
+from mirror.store.upsert import history_keys_of
+
+DEFAULT_PAGE_SIZE = 50
+Resolver = Callable[..., Any]
+
+
+def _ctx(info: GraphQLResolveInfo) -> RequestContext:
+    return info.context
+
+
+def _conn(info: GraphQLResolveInfo) -> Connection:
+    return _ctx(info).conn()
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+# --- viewer and server ---------------------------------------------------------------------
+
+
+def default_entity(conn: Connection) -> str:
+    """The viewer's entity: the owner of the first project mirrored, else ``mirror``."""
+    first = conn.execute(select(projects.c.entity).order_by(projects.c.id).limit(1)).scalar()
+    return first or "mirror"
+
+
+def resolve_viewer(_root: Any, info: GraphQLResolveInfo, entityName: str | None = None) -> dict:
+    """The one user the mirror knows. Keys are checked before execution, so it is never null."""
+    conn = _conn(info)
+    teams = conn.execute(select(projects.c.entity).distinct().order_by(projects.c.entity))
+    return {
+        "id": _b64("User:mirror"),
+        "name": "mirror",
+        "username": "mirror",
+        "email": None,
+        "admin": False,
+        "flags": "{}",
+        "entity": default_entity(conn),
+        "photoUrl": None,
+        "deletedAt": None,
+        "apiKeys": {"edges": []},
+        "teams": {
+            "edges": [
+                {"cursor": encode_cursor(i), "node": {"id": _b64(f"Entity:{name}"), "name": name}}
+                for i, name in enumerate(teams.scalars())
+            ]
+        },
+    }
+
+
+def resolve_server_info(_root: Any, _info: GraphQLResolveInfo) -> dict:
+    """No CLI version advice and no optional server features: clients take their plain paths."""
+    return {"cliVersionInfo": {}, "latestLocalVersionInfo": None, "features": []}
+
+
+# --- projects --------------------------------------------------------------------------------
+
+
+def resolve_project(
+    _root: Any, info: GraphQLResolveInfo, name: str | None = None, entityName: str | None = None
+) -> RowMapping | None:
+    """A project by entity and name; ``null`` when the mirror does not hold it."""
+    if name is None:
+        return None
+    conn = _conn(info)
+    return find_project(conn, entityName or default_entity(conn), name)
+
+
+def resolve_models(
+    _root: Any,
+    info: GraphQLResolveInfo,
+    entityName: str | None = None,
+    after: str | None = None,
+    first: int | None = None,
+) -> dict:
+    """The entity's projects, paged like run listings."""
+    conn = _conn(info)
+    entity = entityName or default_entity(conn)
+    start = start_after(after)
+    size = DEFAULT_PAGE_SIZE if first is None else max(first, 0)
+    rows = (
+        conn.execute(
+            select(projects)
+            .where(projects.c.entity == entity)
+            .order_by(projects.c.id)
+            .offset(start)
+            .limit(size + 1)
+        )
+        .mappings()
+        .all()
+    )
+    return _connection(rows[:size], start, len(rows) > size)
+
+
+def _project_row(info: GraphQLResolveInfo, project_id: int) -> RowMapping:
+    cache = _ctx(info).cache
+    key = ("project", project_id)
+    if key not in cache:
+        cache[key] = (
+            _conn(info)
+            .execute(select(projects).where(projects.c.id == project_id))
+            .mappings()
+            .one()
+        )
+    return cache[key]
+
+
+def _reject_summary_keys(filters: Any) -> None:
+    """W&B answers ``summary.<key>`` filter keys with HTTP 400 (it wants ``summary_metrics.``)."""
+    if isinstance(filters, dict):
+        for key, value in filters.items():
+            if isinstance(key, str) and key.startswith("summary."):
+                raise HttpError(
+                    400, f"invalid filter key {key!r}: use summary_metrics.{key[8:]} instead"
+                )
+            _reject_summary_keys(value)
+    elif isinstance(filters, list):
+        for item in filters:
+            _reject_summary_keys(item)
+
+
+def _filter_node(filters: Any) -> Any:
+    if filters is None or filters == "":
+        filters = {}
+    if not isinstance(filters, dict):
+        raise RequestError("filters must be a JSON object")
+    _reject_summary_keys(filters)
+    return parse_filter(filters)
+
+
+def resolve_run_count(project: RowMapping, info: GraphQLResolveInfo, filters: Any = None) -> int:
+    """How many runs match, counted with the same filter engine as the listing."""
+    return _conn(info).execute(count_query(project["id"], _filter_node(filters))).scalar_one()
+
+
+def _connection(rows: list[RowMapping], start: int, has_next: bool) -> dict:
+    edges = [{"cursor": encode_cursor(start + i), "node": row} for i, row in enumerate(rows)]
+    return {
+        "edges": edges,
+        "pageInfo": {
+            "hasNextPage": has_next,
+            "hasPreviousPage": start > 0,
+            "startCursor": edges[0]["cursor"] if edges else None,
+            "endCursor": edges[-1]["cursor"] if edges else None,
+        },
+    }
+
+
+def resolve_runs(
+    project: RowMapping,
+    info: GraphQLResolveInfo,
+    filters: Any = None,
+    order: str | None = None,
+    after: str | None = None,
+    before: str | None = None,
+    first: int | None = None,
+    last: int | None = None,
+) -> dict:
+    """One page of runs: ``first`` edges after the ``after`` cursor, in the requested order.
+
+    With the page-repeat fault on, a page after the first starts early (repeating runs of the
+    previous page) but its cursors count from where it should have started, so runs are skipped.
+    """
+    if before is not None or last is not None:
+        raise RequestError("paging backwards (before/last) is not supported by the mirror")
+    node = _filter_node(filters)
+    query = runs_query(project["id"], node, parse_order(order or None))
+    start = start_after(after)
+    size = DEFAULT_PAGE_SIZE if first is None else first
+    if size < 0:
+        raise RequestError("first must not be negative")
+    shift = min(start, _ctx(info).page_repeat) if start > 0 else 0
+    rows = _conn(info).execute(query.offset(start - shift).limit(shift + size + 1)).mappings().all()
+    page = rows[:size]
+    result = _connection(list(page), start, len(rows) > shift + size)
+    count = lambda _info: resolve_run_count(project, info, filters)  # noqa: E731 - lazy field
+    result["totalCount"] = count
+    return result
+
+
+def resolve_project_run(
+    project: RowMapping, info: GraphQLResolveInfo, name: str, missingOk: bool | None = None
+) -> RowMapping | None:
+    """A run by its run id; ``null`` when missing or deleted."""
+    return find_run(_conn(info), project["id"], name)
+
+
+def resolve_sweep(project: RowMapping, info: GraphQLResolveInfo, sweepName: str) -> dict | None:
+    """A sweep as far as the mirror knows it: from the runs that name it (``null`` if none)."""
+    conn = _conn(info)
+    cond = (
+        (runs.c.project_id == project["id"])
+        & (runs.c.sweep_name == sweepName)
+        & runs.c.deleted_at.is_(None)
+    )
+    count, created, running = conn.execute(
+        select(
+            func.count(),
+            func.min(runs.c.created_at),
+            func.sum(case((runs.c.state == "running", 1), else_=0)),
+        ).where(cond)
+    ).one()
+    if not count:
+        return None
+    return {
+        "id": _b64(f"Sweep:v1:{sweepName}:{project['name']}:{project['entity']}"),
+        "name": sweepName,
+        "displayName": None,
+        "method": "unknown",
+        "state": "RUNNING" if running else "FINISHED",
+        "description": None,
+        "bestLoss": None,
+        "config": "{}",
+        "createdAt": created,
+        "updatedAt": None,
+        "runCount": count,
+        "runCountExpected": None,
+        "agent": lambda _info, agentName: None,
+    }
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+
+def _keys_subset(text: str | None, keys: list[str] | None) -> str | None:
+    if keys is None or text is None:
+        return text
+    doc = loads(text, {}) or {}
+    return dumps({k: doc[k] for k in keys if k in doc})
+
+
+def resolve_history_keys(run: RowMapping, info: GraphQLResolveInfo) -> Any:
+    """Stored as W&B sent it; computed from the mirrored rows when W&B's copy is missing."""
+    if run["history_keys"] is not None:
+        return loads(run["history_keys"])
+    return history_keys_of(iter_rows(_conn(info), run["id"]))
+
+
+def resolve_history(
+    run: RowMapping,
+    info: GraphQLResolveInfo,
+    samples: int | None = None,
+    minStep: int | None = None,
+    maxStep: int | None = None,
+) -> list[str]:
+    """Rows as JSON strings, ``[minStep, maxStep)``, at most ``samples``."""
+    rows = history.stream_rows(_conn(info), run["id"], "history", samples, minStep, maxStep)
+    return [dumps(row) for row in rows]
+
+
+def resolve_events(run: RowMapping, info: GraphQLResolveInfo, samples: int | None = None) -> list:
+    """System-metric events, sampled like unwindowed history."""
+    rows = history.stream_rows(_conn(info), run["id"], "events", samples, None, None)
+    return [dumps(row) for row in rows]
+
+
+def resolve_sampled_history(run: RowMapping, info: GraphQLResolveInfo, specs: list) -> list:
+    """One list of row objects per spec."""
+    return [history.sampled_rows(_conn(info), run["id"], spec) for spec in specs]
+
+
+def resolve_parquet_history(run: RowMapping, info: GraphQLResolveInfo, liveKeys: list) -> dict:
+    """Nothing exported to parquet and no live rows inlined: clients then page the whole history
+    with ``HistoryPage`` (wandb-core 0.31 does, NaN included). Inlined rows would break it: its
+    Go JSON parser rejects the NaN and Infinity tokens W&B's history holds.
+    """
+    return {"parquetUrls": [], "liveData": []}
+
+
+def _user(run: RowMapping) -> dict:
+    """The run's author; every W&B run has one (the SDK fails on null), so unknown is ``mirror``."""
+    username = run["username"] or run["user_name"] or "mirror"
+    return {
+        "id": _b64(f"User:{username}"),
+        "name": run["user_name"] or username,
+        "username": username,
+    }
+
+
+def _compute_seconds(run: RowMapping) -> float:
+    runtime = (loads(run["summary_metrics"], {}) or {}).get("_runtime")
+    return runtime if isinstance(runtime, (int, float)) and not isinstance(runtime, bool) else 0
+
+
+def _column(name: str) -> Resolver:
+    return lambda run, _info: run[name]
+
+
+RUN_FIELDS: dict[str, Resolver] = {
+    "id": _column("storage_id"),
+    "name": _column("name"),
+    "displayName": _column("display_name"),
+    "description": _column("description"),
+    "notes": _column("notes"),
+    "state": _column("state"),
+    "tags": lambda run, _info: loads(run["tags"], []),
+    "group": _column("group_name"),
+    "jobType": _column("job_type"),
+    "commit": _column("commit"),
+    "host": _column("host"),
+    "readOnly": lambda _run, _info: False,
+    "sweepName": _column("sweep_name"),
+    "createdAt": _column("created_at"),
+    "heartbeatAt": _column("heartbeat_at"),
+    "updatedAt": _column("updated_at"),
+    "projectId": lambda run, _info: str(run["project_id"]),
+    "user": lambda run, _info: _user(run),
+    "project": lambda run, info: _project_row(info, run["project_id"]),
+    "config": lambda run, _info, keys=None: _keys_subset(run["config"], keys),
+    "summaryMetrics": lambda run, _info, keys=None: _keys_subset(run["summary_metrics"], keys),
+    "systemMetrics": _column("system_metrics"),
+    "historyLineCount": _column("history_line_count"),
+    "historyKeys": resolve_history_keys,
+    "history": resolve_history,
+    "events": resolve_events,
+    "sampledHistory": resolve_sampled_history,
+    "parquetHistory": resolve_parquet_history,
+    "computeSeconds": lambda run, _info: _compute_seconds(run),
+    "logLineCount": lambda _run, _info: None,
+}
+
+QUERY_FIELDS: dict[str, Resolver] = {
+    "viewer": resolve_viewer,
+    "project": resolve_project,
+    "model": resolve_project,
+    "models": resolve_models,
+    "serverInfo": resolve_server_info,
+}
+
+PROJECT_FIELDS: dict[str, Resolver] = {
+    "id": lambda p, _i: _b64(f"Project:v1:{p['name']}:{p['entity']}"),
+    "internalId": lambda p, _i: str(p["id"]),
+    "name": lambda p, _i: p["name"],
+    "entityName": lambda p, _i: p["entity"],
+    "createdAt": lambda p, _i: p["created_at"],
+    "updatedAt": lambda p, _i: None,
+    "readOnly": lambda p, _i: False,
+    "entity": lambda p, _i: {"id": _b64(f"Entity:{p['entity']}"), "name": p["entity"]},
+    "runCount": resolve_run_count,
+    "runs": resolve_runs,
+    "run": resolve_project_run,
+    "bucket": resolve_project_run,
+    "sweep": resolve_sweep,
+}
