@@ -26,3 +26,21 @@ def engine(db_path: Path):
     eng = make_engine(db_path)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def served_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded mirror file the read-only server tests share (see tests/server_process.py)."""
+    from server_process import seed_database
+
+    return seed_database(tmp_path_factory.mktemp("served") / "mirror.db")
+
+
+@pytest.fixture(scope="session")
+def served(served_db: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``python -m mirror.serve`` over ``served_db``, started once for the session."""
+    from server_process import ServerProcess
+
+    log = tmp_path_factory.mktemp("served-log") / "serve.log"
+    with ServerProcess(served_db, log, args=("--threads", "4")) as server:
+        yield server
