@@ -22,6 +22,7 @@ unimported.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -533,15 +534,28 @@ def _whole_number(value: Any) -> bool:
 
 
 def _import_rows(conn: Connection, run_id: int, path: Path, stream: str, label: str) -> int:
-    """Append a checked rows file to a run's stream, skipping rows the mirror already has.
-
-    Rows without ``_step`` are numbered by their line position, as when they were first stored,
-    so re-importing events adds nothing twice.
-    """
-    after = last_step(conn, run_id, stream)
+    """Append a checked rows file to a run's stream, skipping rows the mirror already has."""
     rows = (row for _number, row in _parsed_lines(path, label))
+    return append_stream(conn, run_id, rows, stream)
+
+
+def append_stream(
+    conn: Connection, run_id: int, rows: Iterable[dict[str, Any]], stream: str = "history"
+) -> int:
+    """Append a whole stream, given from its first row; returns how many rows were new.
+
+    ``append_history`` numbers rows without ``_step`` (system-metric events) after the last
+    stored one, so handing it a complete stream twice would store the events twice. Here rows
+    are numbered by their position in the stream, as when they were first stored, and the ones
+    the mirror already has are skipped first: writing the same stream again adds nothing.
+    """
+    remaining = iter(rows)
+    first = next(remaining, None)
+    if first is None:
+        return 0
+    after = last_step(conn, run_id, stream)
     added = 0
-    for part in split(_after(rows, after), CHUNK_ROWS):
+    for part in split(_after(itertools.chain([first], remaining), after), CHUNK_ROWS):
         added += append_history(conn, run_id, part, stream)
     return added
 

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine
 
+from mirror.exchange import append_stream
 from mirror.store.engine import write_transaction
 from mirror.store.fields import dumps, wrap_config
-from mirror.store.history import split
-from mirror.store.upsert import append_history, storage_id, upsert_runs
+from mirror.store.upsert import storage_id, upsert_runs
 
 STATES = (
     "finished",
@@ -473,7 +473,7 @@ def _config(plan: _Plan, experiment: str, in_sweep: bool, rng: random.Random) ->
         "dropout": math.nan if rng.random() < 0.1 else _whole(rng.choice((0.0, 0.1, 0.2, 0.5))),
         "clip_grad": math.inf if rng.random() < 0.2 else _whole(rng.choice((0.5, 1.0, 5.0))),
         "name.with.dot": rng.randint(0, 9),
-        "température": round(rng.uniform(0.1, 2.0), 2),
+        "température": _whole(round(rng.uniform(0.1, 2.0), 2)),
     }
     if in_sweep:
         config["sweep_trial"] = plan.index % 20
@@ -483,7 +483,7 @@ def _config(plan: _Plan, experiment: str, in_sweep: bool, rng: random.Random) ->
         "framework": "torch",
         "is_jupyter_run": False,
         "is_kaggle_kernel": False,
-        "start_time": plan.created + round(rng.random(), 6),
+        "start_time": _whole(plan.created + round(rng.random(), 6)),
         "t": {"1": [1, 5, 41, 55], "3": [16, 23], "4": "3.11.7", "5": "0.16.2", "8": [5]},
     }
     return wrap_config(config)
@@ -570,7 +570,7 @@ def seed_project(
 
     Runs go in batches, one write transaction each (up to 1000 runs, fewer when their histories
     are long), so memory stays flat and a reader never waits long. Seeding again with the same
-    arguments changes nothing: runs are upserted and history already stored is skipped.
+    arguments changes nothing: runs are upserted and rows already stored are skipped.
     ``progress`` is called after each batch with the number of runs written so far.
     """
     per_batch = max(1, min(1000, 200_000 // max(steps, 1)))
@@ -595,7 +595,6 @@ def _write_batch(engine: Engine, entity: str, project: str, batch: list[SynthRun
         ids = upsert_runs(conn, entity, project, [run.node for run in batch])
         for run in batch:
             run_row = ids[run.node["name"]]
-            for stream, rows in (("history", run.history), ("events", run.events)):
-                for part in split(rows):
-                    append_history(conn, run_row, part, stream)
+            append_stream(conn, run_row, run.history, "history")
+            append_stream(conn, run_row, run.events, "events")
     return len(batch)
