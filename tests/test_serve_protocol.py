@@ -1,0 +1,147 @@
+"""How the server speaks HTTP and GraphQL: W&B's leniencies, its errors and its status codes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from typing import Any
+
+import pytest
+import requests
+from server_process import DATA, ENTITY, PROJECT
+
+from mirror.store.fields import loads
+
+RUN_STATE = (DATA / "sdk-queries" / "sdk_head_RunState.graphql").read_text()
+RUNS = (DATA / "sdk-queries" / "sdk_head_Runs_lazy.graphql").read_text()
+PROJECT_VARS = {"entity": ENTITY, "project": PROJECT}
+
+
+def post(server: Any, body: Any, **kwargs: Any) -> requests.Response:
+    return requests.post(server.graphql_url, json=body, timeout=30, **kwargs)
+
+
+def first_run(server: Any) -> str:
+    body = {"query": RUNS, "variables": {**PROJECT_VARS, "perPage": 1, "order": "+name"}}
+    return post(server, body).json()["data"]["project"]["runs"]["edges"][0]["node"]["name"]
+
+
+def test_undeclared_variables_are_ignored(served):
+    name = first_run(served)
+    variables = {**PROJECT_VARS, "name": name, "extra": 1, "samples": "not even an int"}
+    response = post(served, {"query": RUN_STATE, "variables": variables})
+    assert response.status_code == 200
+    assert response.json()["data"]["project"]["run"]["state"]
+
+
+@pytest.mark.parametrize("extra", [{}, {"operationName": ""}, {"operationName": "RunState"}])
+def test_operation_name_may_be_absent_or_empty(served, extra):
+    body = {"query": RUN_STATE, "variables": {**PROJECT_VARS, "name": first_run(served)}, **extra}
+    assert post(served, body).json()["data"]["project"]["run"] is not None
+
+
+def test_the_trailing_slash_path_works_too(served):
+    body = {"query": "query { viewer { id } }"}
+    response = requests.post(served.url + "/graphql/", json=body, timeout=30)
+    assert response.json()["data"]["viewer"]["id"]
+
+
+def test_a_gzip_body_is_accepted(served):
+    raw = gzip.compress(json.dumps({"query": "{ viewer { entity } }"}).encode())
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    response = requests.post(served.graphql_url, data=raw, headers=headers, timeout=30)
+    assert response.json() == {"data": {"viewer": {"entity": ENTITY}}}
+
+
+def test_an_unknown_field_is_a_validation_error_with_null_data(served):
+    response = post(served, {"query": "query { viewer { id shoeSize } }"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["data"] is None
+    assert "shoeSize" in body["errors"][0]["message"]
+
+
+def test_a_syntax_error_is_a_graphql_error(served):
+    body = post(served, {"query": "query {"}).json()
+    assert body["data"] is None and body["errors"][0]["message"].startswith("Syntax Error")
+
+
+def test_summary_filter_keys_are_rejected_with_http_400(served):
+    variables = {**PROJECT_VARS, "filters": json.dumps({"$or": [{"summary.loss": {"$lt": 1}}]})}
+    response = post(served, {"query": RUNS, "variables": variables})
+    assert response.status_code == 400
+    body = response.json()
+    assert set(body) == {"errors"} and "summary.loss" in body["errors"][0]["message"]
+
+
+def test_a_malformed_filter_is_a_graphql_error_with_the_engine_message(served):
+    variables = {**PROJECT_VARS, "filters": json.dumps({"config.lr": {"$between": [1, 2]}})}
+    response = post(served, {"query": RUNS, "variables": variables})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["errors"] and "$between" in body["errors"][0]["message"]
+
+
+def test_filters_that_are_not_json_are_an_error(served):
+    variables = {**PROJECT_VARS, "filters": "{not json"}
+    body = post(served, {"query": RUNS, "variables": variables}).json()
+    assert body["data"] is None and "JSON" in body["errors"][0]["message"]
+
+
+def test_a_cursor_the_server_did_not_hand_out_is_an_error(served):
+    variables = {**PROJECT_VARS, "cursor": "bm9wZQ=="}
+    body = post(served, {"query": RUNS, "variables": variables}).json()
+    assert "invalid cursor" in body["errors"][0]["message"]
+
+
+def test_a_body_that_is_not_json_is_400(served):
+    response = requests.post(served.graphql_url, data=b"{nope", timeout=30)
+    assert response.status_code == 400 and response.json()["errors"][0]["message"]
+
+
+def test_a_body_without_a_query_is_400(served):
+    assert post(served, {"variables": {}}).status_code == 400
+
+
+def test_unknown_paths_are_a_small_json_404(served):
+    response = requests.get(served.url + "/api/v1/nothing", timeout=30)
+    assert response.status_code == 404
+    assert response.json()["errors"][0]["message"]
+    assert len(response.content) < 200
+
+
+def test_graphql_wants_post(served):
+    assert requests.get(served.graphql_url, timeout=30).status_code == 405
+
+
+@pytest.mark.parametrize("path", ["/sdk/otel/v1/metrics", "/sdk/otel/v1/logs"])
+def test_client_telemetry_is_accepted_quietly(served, path):
+    response = requests.post(served.url + path, data=b"\x0a\x00", timeout=30)
+    assert response.status_code == 200
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(served):
+    with requests.Session() as session:
+        for _ in range(20):
+            response = session.post(served.graphql_url, json={"query": "{ viewer { id } }"})
+            assert response.status_code == 200
+            assert response.headers.get("Connection", "").lower() != "close"
+
+
+def test_a_large_response_arrives_whole(served):
+    variables = {**PROJECT_VARS, "perPage": 10_000, "order": "+created_at"}
+    full = (DATA / "sdk-queries" / "sdk_head_Runs_full.graphql").read_text()
+    response = post(served, {"query": full, "variables": variables})
+    body = loads(response.text)
+    assert len(body["data"]["project"]["runs"]["edges"]) == body["data"]["project"]["runCount"]
+
+
+def test_one_log_line_per_request_and_no_tracebacks_for_client_errors(served):
+    post(served, {"query": "query { viewer { id shoeSize } }"})
+    variables = {**PROJECT_VARS, "filters": json.dumps({"summary.loss": 1})}
+    post(served, {"query": RUNS, "variables": variables})
+    requests.post(served.url + "/sdk/otel/v1/metrics", data=b"", timeout=30)
+    log = served.log()
+    assert "POST /graphql 400" in log
+    assert "POST /sdk/otel/v1/metrics 200" in log
+    assert "Traceback" not in log
