@@ -18,9 +18,9 @@ environment variable:
 ``--fault-drop-rate P`` / ``WANDB_MIRROR_SERVE_FAULT_DROP_RATE``
     that fraction of GraphQL requests has its connection closed without any response.
 ``--fault-page-repeat N`` / ``WANDB_MIRROR_SERVE_FAULT_PAGE_REPEAT``
-    every ``runs`` page after the first starts N runs early, repeating the last N runs of the
-    previous page, while its cursors still count as if it had not: the N runs at the end of each
-    page are never returned. ``runCount`` stays right.
+    every ``runs`` page after the first opens with the last N runs of the previous page in place
+    of its own first N, while its cursors count as if it had not: N runs repeat and N are never
+    listed per page, as in W&B issues 6614/7666. ``runCount`` stays right.
 ``--fault-seed S`` / ``WANDB_MIRROR_SERVE_FAULT_SEED``
     seeds the draws of the error and drop rates: the same seed gives the same sequence of
     outcomes for the same sequence of requests.

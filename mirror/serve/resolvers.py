@@ -184,8 +184,9 @@ def resolve_runs(
 ) -> dict:
     """One page of runs: ``first`` edges after the ``after`` cursor, in the requested order.
 
-    With the page-repeat fault on, a page after the first starts early (repeating runs of the
-    previous page) but its cursors count from where it should have started, so runs are skipped.
+    With the page-repeat fault (N), a page after the first opens with the last N runs of the
+    previous page in place of its own first N, while its cursors count as if it had not: those
+    runs repeat, the replaced ones are never listed, and ``runCount`` stays right.
     """
     if before is not None or last is not None:
         raise RequestError("paging backwards (before/last) is not supported by the mirror")
@@ -195,10 +196,11 @@ def resolve_runs(
     size = DEFAULT_PAGE_SIZE if first is None else first
     if size < 0:
         raise RequestError("first must not be negative")
-    shift = min(start, _ctx(info).page_repeat) if start > 0 else 0
-    rows = _conn(info).execute(query.offset(start - shift).limit(shift + size + 1)).mappings().all()
-    page = rows[:size]
-    result = _connection(list(page), start, len(rows) > shift + size)
+    repeat = min(start, size, _ctx(info).page_repeat)
+    rows = _conn(info).execute(query.offset(start - repeat).limit(repeat + size + 1)).mappings()
+    fetched = rows.all()
+    page = fetched[:repeat] + fetched[2 * repeat : repeat + size]
+    result = _connection(list(page), start, len(fetched) > repeat + size)
     count = lambda _info: resolve_run_count(project, info, filters)  # noqa: E731 - lazy field
     result["totalCount"] = count
     return result

@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from waitress.channel import HTTPChannel
@@ -130,14 +130,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "page-repeat": "each runs page after the first repeats N runs and skips N",
         "seed": "seed for the error and drop draws (0)",
     }
+    metavars = {"latency-ms": "MS", "rate-limit": "N/WINDOW_S", "error-rate": "P"}
+    metavars.update({"drop-rate": "P", "page-repeat": "N", "seed": "S"})
     for option, (name, parse) in OPTIONS.items():
         group.add_argument(
             f"--fault-{option}",
             dest=f"fault_{name}",
-            type=parse,
+            type=_argument_type(parse),
             default=None,
+            metavar=metavars[option],
             help=f"{helps[option]} [{env_name(option)}]",
         )
+
+
+def _argument_type(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """argparse shows an ArgumentTypeError's message; a ValueError's it hides."""
+
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 def fault_config(args: argparse.Namespace) -> FaultConfig:
