@@ -107,15 +107,16 @@ def export_project(
         found = find_project(conn, entity, project)
         if found is None:
             raise MirrorError(f"no project {entity}/{project} in the mirror; sync it first")
-        run_ids = _run_ids(conn, found["id"])
+        keys = _run_keys(conn, found["id"])
+        run_ids = [run_id for run_id, _name in keys]
         out.mkdir(parents=True, exist_ok=True)
-        lines = (run_line(run, entity, project) for run in _iter_runs(conn, run_ids))
         if fmt == "jsonl":
+            lines = (run_line(run, entity, project) for run in _iter_runs(conn, run_ids))
             _write_jsonl(out / RUNS_FILE, (dumps(line) for line in lines))
         else:
             _write_table(out / f"runs.{fmt}", _RunsTable(conn, run_ids, entity, project))
         counts = {stream: 0 for stream in STREAMS}
-        for run_id, name in _run_names(conn, run_ids):
+        for run_id, name in keys:
             for stream in STREAMS:
                 target = out / stream / f"{file_stem(name)}.{fmt}"
                 counts[stream] += _export_stream(conn, run_id, stream, fmt, target)
@@ -138,14 +139,14 @@ def run_line(run: RowMapping, entity: str, project: str) -> dict[str, Any]:
     return line
 
 
-def _run_ids(conn: Connection, project_id: int) -> list[int]:
-    """Live runs of a project, oldest first (ties by run id) so exports are reproducible."""
+def _run_keys(conn: Connection, project_id: int) -> list[tuple[int, str]]:
+    """``(row id, run id)`` of a project's live runs, oldest first, so exports are reproducible."""
     query = (
-        select(runs.c.id)
+        select(runs.c.id, runs.c.name)
         .where(runs.c.project_id == project_id, runs.c.deleted_at.is_(None))
         .order_by(runs.c.created_at, runs.c.name)
     )
-    return list(conn.execute(query).scalars())
+    return [(row.id, row.name) for row in conn.execute(query)]
 
 
 def _iter_runs(conn: Connection, run_ids: Sequence[int]) -> Iterator[RowMapping]:
@@ -157,15 +158,8 @@ def _iter_runs(conn: Connection, run_ids: Sequence[int]) -> Iterator[RowMapping]
         yield from (by_id[i] for i in part)
 
 
-def _run_names(conn: Connection, run_ids: Sequence[int]) -> Iterator[tuple[int, str]]:
-    for start in range(0, len(run_ids), _BATCH):
-        part = run_ids[start : start + _BATCH]
-        names = dict(conn.execute(select(runs.c.id, runs.c.name).where(runs.c.id.in_(part))).all())
-        yield from ((i, names[i]) for i in part)
-
-
 def _write_jsonl(path: Path, lines: Iterable[str]) -> int:
-    """Write lines (creating the file even when there are none); returns how many."""
+    """Write lines, one JSON document each (a project without runs still gets its file)."""
     count = 0
     with path.open("w", encoding="utf-8", newline="\n") as handle:
         for line in lines:
@@ -177,7 +171,7 @@ def _write_jsonl(path: Path, lines: Iterable[str]) -> int:
 
 def _export_stream(conn: Connection, run_id: int, stream: str, fmt: str, target: Path) -> int:
     """One run's history or events into ``target``; no file when the run has no rows."""
-    if next(iter_chunks(conn, run_id, stream), None) is None:
+    if last_step(conn, run_id, stream) is None:
         return 0
     target.parent.mkdir(exist_ok=True)
     if fmt == "jsonl":

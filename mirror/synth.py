@@ -232,6 +232,7 @@ def _make_run(
 def _plan(
     seed: int, index: int, steps: int, created: float, state: str, rng: random.Random
 ) -> _Plan:
+    """Draw a run's shape: how far it got, where its steps start and skip, its curves."""
     rows = steps
     if state == "pending":
         rows = 0
