@@ -230,7 +230,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mirror.demo import run_demo
 
-    return run_demo(_database(args), sys.stdout)
+    return run_demo(_database(args), sys.stdout, args.runs, args.steps)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,11 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     from mirror.serve.server import add_arguments
 
     add_arguments(serve)
+    for action in serve._actions:
+        if action.dest == "db":  # the top-level --db must survive the subcommand's own
+            action.default = argparse.SUPPRESS
     serve.set_defaults(fn=cmd_serve)
 
-    sub.add_parser("demo", help="seed, mirror and query a synthetic project").set_defaults(
-        fn=cmd_demo
-    )
+    demo = sub.add_parser("demo", help="seed a synthetic project and query it offline")
+    demo.add_argument("--runs", type=int, default=300)
+    demo.add_argument("--steps", type=int, default=500)
+    demo.set_defaults(fn=cmd_demo)
     return parser
 
 

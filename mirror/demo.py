@@ -15,7 +15,7 @@ ENTITY, PROJECT = "demo", "synthetic"
 RUNS, STEPS = 300, 500
 
 
-def run_demo(database: str | None, out: TextIO) -> int:
+def run_demo(database: str | None, out: TextIO, runs: int = RUNS, steps: int = STEPS) -> int:
     """Seed ``demo/synthetic`` unless it is already there, then run a few offline queries."""
     engine = make_engine(database)
     migrate.upgrade(engine)
@@ -23,9 +23,9 @@ def run_demo(database: str | None, out: TextIO) -> int:
         seeded = find_project(conn, ENTITY, PROJECT) is not None
     if not seeded:
         started = time.perf_counter()
-        seed_project(engine, ENTITY, PROJECT, RUNS, STEPS, seed=42)
+        seed_project(engine, ENTITY, PROJECT, runs, steps, seed=42)
         took = time.perf_counter() - started
-        out.write(f"seeded {ENTITY}/{PROJECT}: {RUNS} runs x {STEPS} steps in {took:.1f}s\n")
+        out.write(f"seeded {ENTITY}/{PROJECT}: {runs} runs x {steps} steps in {took:.1f}s\n")
     out.write(f"mirror: {engine.url}\n\n")
     api = Api(database=str(engine.url))
     path = f"{ENTITY}/{PROJECT}"
