@@ -25,9 +25,10 @@ from server_process import (
 )
 
 from mirror import Api
-from mirror.store.engine import make_engine, read_transaction
+from mirror.store.engine import make_engine, read_transaction, write_transaction
 from mirror.store.fields import loads, unwrap_config
 from mirror.store.read import find_project, find_run, iter_rows
+from mirror.store.upsert import append_history
 
 wandb = pytest.importorskip("wandb")
 
@@ -276,3 +277,27 @@ def test_update_state_follows_wandbs_transitions(writable):
         finished.update_state("pending")
     with pytest.raises(wandb.errors.CommError, match="cannot set run state"):
         run.update_state("finished")
+
+
+def test_history_appended_while_serving_is_seen(writable):
+    """The server's decoded-chunk cache must notice a sync rewriting a run's last chunk."""
+    name = next(iter(client(writable).runs(PATH, order="+name"))).id
+    document = (DATA / "sdk-queries" / "sdk_v0.25_HistoryPage.graphql").read_text()
+    variables = {"entity": ENTITY, "project": PROJECT, "run": name, "minStep": 0}
+    variables.update(maxStep=10**9, pageSize=10**6)
+
+    def page() -> list[dict[str, Any]]:
+        body = {"query": document, "variables": variables}
+        response = requests.post(writable.graphql_url, json=body, timeout=30)
+        return [loads(line) for line in response.json()["data"]["project"]["run"]["history"]]
+
+    before = page()
+    engine = make_engine(writable.db)
+    with write_transaction(engine) as conn:
+        run_id = find_run(conn, find_project(conn, ENTITY, PROJECT)["id"], name)["id"]
+        last = before[-1]["_step"]
+        append_history(conn, run_id, [{"_step": last + 1, "loss": 0.25}])
+    engine.dispose()
+    after = page()
+    assert same(after[:-1], before)
+    assert after[-1] == {"_step": last + 1, "loss": 0.25}

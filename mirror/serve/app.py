@@ -8,7 +8,6 @@ error. Every other path is a small JSON 404. One INFO line per request, never a 
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import time
 import zlib
@@ -21,6 +20,7 @@ from mirror.serve.auth import KeyChecker
 from mirror.serve.context import RequestContext
 from mirror.serve.executor import Outcome, run_request
 from mirror.serve.faults import FaultConfig, FaultInjector
+from mirror.serve.jsonout import dumps_response
 from mirror.store.fields import loads
 
 log = logging.getLogger("mirror.serve")
@@ -45,13 +45,12 @@ _REASONS = {
 }
 
 
-def _json(body: Any) -> bytes:
-    """Compact JSON, NaN and ±Infinity as the bare tokens W&B emits (its clients parse them)."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=True).encode()
-
-
 def _error(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
-    return status, [("Content-Type", "application/json")], _json({"errors": [{"message": message}]})
+    return (
+        status,
+        [("Content-Type", "application/json")],
+        dumps_response({"errors": [{"message": message}]}),
+    )
 
 
 class BadBody(ValueError):
@@ -140,7 +139,7 @@ class MirrorApp:
             return status, base + headers, body, ""
         outcome = self._execute(payload)
         headers = [("Content-Type", "application/json"), *headers]
-        return outcome.status, headers, _json(outcome.body), outcome.operation or ""
+        return outcome.status, headers, dumps_response(outcome.body), outcome.operation or ""
 
     def _execute(self, payload: Any) -> Outcome:
         context = RequestContext(self.engine, page_repeat=self.faults.config.page_repeat)

@@ -14,8 +14,8 @@ from sqlalchemy import Connection, func, select
 
 from mirror.errors import MirrorError
 from mirror.query.sampling import sample_indices
+from mirror.serve.chunk_cache import window
 from mirror.store.models import history_chunks
-from mirror.store.read import iter_rows
 
 DEFAULT_SAMPLES = 500
 
@@ -68,8 +68,8 @@ def stream_rows(
     if min_step is None and max_step is None:
         k = DEFAULT_SAMPLES if samples is None else samples
         wanted = sample_indices(_row_count(conn, run_id, stream), k)
-        return _pick(iter_rows(conn, run_id, stream), wanted)
-    return _sample(list(iter_rows(conn, run_id, stream, min_step, max_step)), samples)
+        return _pick(window(conn, run_id, stream), wanted)
+    return _sample(list(window(conn, run_id, stream, min_step, max_step)), samples)
 
 
 def _int_or_none(spec: dict[str, Any], key: str) -> int | None:
@@ -93,11 +93,11 @@ def sampled_rows(conn: Connection, run_id: int, spec: Any) -> list[dict[str, Any
     max_step = _int_or_none(spec, "maxStep")
     end = None if max_step is None else max_step + 1
     if not keys:
-        rows = list(iter_rows(conn, run_id, "history", min_step, end))
+        rows = list(window(conn, run_id, "history", min_step, end))
     else:
         rows = [
             {k: row[k] for k in keys}
-            for row in iter_rows(conn, run_id, "history", min_step, end, keys=keys)
+            for row in window(conn, run_id, "history", min_step, end)
             if all(k in row for k in keys)
         ]
     return _sample(rows, DEFAULT_SAMPLES if samples is None else samples)

@@ -19,6 +19,7 @@ from mirror.query.sql import count_query, runs_query
 from mirror.serve import history
 from mirror.serve.context import RequestContext
 from mirror.serve.errors import HttpError, RequestError
+from mirror.serve.jsonout import RawJSON
 from mirror.serve.paging import encode_cursor, start_after
 from mirror.store.fields import dumps, loads
 from mirror.store.models import projects, runs
@@ -260,7 +261,7 @@ def _keys_subset(text: str | None, keys: list[str] | None) -> str | None:
 def resolve_history_keys(run: RowMapping, info: GraphQLResolveInfo) -> Any:
     """Stored as W&B sent it; computed from the mirrored rows when W&B's copy is missing."""
     if run["history_keys"] is not None:
-        return loads(run["history_keys"])
+        return RawJSON(run["history_keys"])
     return history_keys_of(iter_rows(_conn(info), run["id"]))
 
 
