@@ -22,7 +22,6 @@ unimported.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,7 +39,7 @@ from sqlalchemy import Connection, Engine, RowMapping, select
 from mirror.errors import MirrorError
 from mirror.store.engine import read_transaction, write_transaction
 from mirror.store.fields import HIDDEN_CONFIG_KEYS, dumps, loads, unwrap_config
-from mirror.store.history import CHUNK_ROWS, Chunk, split, step_of
+from mirror.store.history import Chunk
 from mirror.store.models import runs
 from mirror.store.read import find_project, iter_chunks, iter_rows
 from mirror.store.upsert import append_history, last_step, upsert_runs
@@ -530,34 +529,4 @@ def _whole_number(value: Any) -> bool:
 def _import_rows(conn: Connection, run_id: int, path: Path, stream: str, label: str) -> int:
     """Append a checked rows file to a run's stream, skipping rows the mirror already has."""
     rows = (row for _number, row in _parsed_lines(path, label))
-    return append_stream(conn, run_id, rows, stream)
-
-
-def append_stream(
-    conn: Connection, run_id: int, rows: Iterable[dict[str, Any]], stream: str = "history"
-) -> int:
-    """Append a whole stream, given from its first row; returns how many rows were new.
-
-    ``append_history`` numbers rows without ``_step`` (system-metric events) after the last
-    stored one, so handing it a complete stream twice would store the events twice. Here rows
-    are numbered by their position in the stream, as when they were first stored, and the ones
-    the mirror already has are skipped first: writing the same stream again adds nothing.
-    """
-    remaining = iter(rows)
-    first = next(remaining, None)
-    if first is None:
-        return 0
-    after = last_step(conn, run_id, stream)
-    added = 0
-    for part in split(_after(itertools.chain([first], remaining), after), CHUNK_ROWS):
-        added += append_history(conn, run_id, part, stream)
-    return added
-
-
-def _after(rows: Iterable[dict[str, Any]], after: int | None) -> Iterator[dict[str, Any]]:
-    ordinal = 0
-    for row in rows:
-        step = step_of(row, ordinal)
-        ordinal = step + 1
-        if after is None or step > after:
-            yield row
+    return append_history(conn, run_id, rows, stream)

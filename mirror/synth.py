@@ -26,10 +26,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine
 
-from mirror.exchange import append_stream
 from mirror.store.engine import write_transaction
 from mirror.store.fields import dumps, wrap_config
-from mirror.store.upsert import storage_id, upsert_runs
+from mirror.store.upsert import append_history, storage_id, upsert_runs
 
 STATES = (
     "finished",
@@ -596,6 +595,6 @@ def _write_batch(engine: Engine, entity: str, project: str, batch: list[SynthRun
         ids = upsert_runs(conn, entity, project, [run.node for run in batch])
         for run in batch:
             run_row = ids[run.node["name"]]
-            append_stream(conn, run_row, run.history, "history")
-            append_stream(conn, run_row, run.events, "events")
+            append_history(conn, run_row, run.history, "history")
+            append_history(conn, run_row, run.events, "events")
     return len(batch)

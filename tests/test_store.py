@@ -183,9 +183,12 @@ def test_events_are_kept_apart_from_history(engine):
         events = [{"system.cpu": 10.0 + i, "_runtime": i} for i in range(3)]
         append_history(conn, run_id, events, stream="events")
         assert list(iter_rows(conn, run_id, "events")) == events
+        more = [*events, {"system.cpu": 99.0, "_runtime": 3}]
+        assert append_history(conn, run_id, more, stream="events") == 1  # the whole stream again
+        assert list(iter_rows(conn, run_id, "events")) == more
         assert len(list(iter_rows(conn, run_id))) == 5
         total = conn.execute(select(func.sum(history_chunks.c.row_count))).scalar()
-        assert total == 8
+        assert total == 9
 
 
 def test_storage_id_is_w_and_b_form():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -215,12 +215,19 @@ def last_step(conn: Connection, run_id: int, stream: str = "history") -> int | N
 
 
 def append_history(
-    conn: Connection, run_id: int, rows: Iterable[dict[str, Any]], stream: str = "history"
+    conn: Connection,
+    run_id: int,
+    rows: Iterable[dict[str, Any]],
+    stream: str = "history",
+    start: int = 0,
 ) -> int:
-    """Append rows after the last mirrored step; returns how many were new.
+    """Append the rows after the last mirrored step; returns how many were new.
 
-    Rows at or before the last mirrored step are skipped, so re-sending a page after a crash adds
-    nothing twice. A partly filled last chunk is merged with the new rows, keeping chunks full.
+    Rows at or before the last mirrored step are skipped, so re-sending a page, or a whole
+    stream, after a crash adds nothing twice. Rows without ``_step`` (system-metric events) are
+    numbered by position counting from ``start``: hand the stream from its beginning, or say
+    where the given rows begin. Rows are consumed a chunk at a time (a million-step stream never
+    sits in memory), and a partly filled last chunk is merged with the new rows.
     """
     tail = (
         conn.execute(
@@ -233,35 +240,46 @@ def append_history(
         .first()
     )
     after = None if tail is None else tail["last_step"]
-    ordinal = 0 if tail is None else tail["last_step"] + 1
-    pending: list[tuple[int, dict[str, Any]]] = []
+    buffer: list[tuple[int, dict[str, Any]]] = []
+    added = 0
+    for step, row in _numbered(rows, start):
+        if after is not None and step <= after:
+            continue
+        if added == 0 and tail is not None and tail["row_count"] < codec.CHUNK_ROWS:
+            previous = codec.decode(tail["data"]).rows()
+            buffer = [(codec.step_of(r, tail["first_step"] + i), r) for i, r in enumerate(previous)]
+            conn.execute(delete(history_chunks).where(history_chunks.c.id == tail["id"]))
+        buffer.append((step, row))
+        added += 1
+        if len(buffer) == codec.CHUNK_ROWS:
+            _write_chunk(conn, run_id, stream, buffer)
+            buffer = []
+    if buffer:
+        _write_chunk(conn, run_id, stream, buffer)
+    return added
+
+
+def _numbered(rows: Iterable[dict[str, Any]], start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    ordinal = start
     for row in rows:
         step = codec.step_of(row, ordinal)
         ordinal = step + 1
-        if after is not None and step <= after:
-            continue
-        pending.append((step, row))
-    added = len(pending)
-    if not added:
-        return 0
-    if tail is not None and tail["row_count"] < codec.CHUNK_ROWS:
-        previous = codec.decode(tail["data"]).rows()
-        carried = [(codec.step_of(r, tail["first_step"] + i), r) for i, r in enumerate(previous)]
-        conn.execute(delete(history_chunks).where(history_chunks.c.id == tail["id"]))
-        pending = carried + pending
-    for start in range(0, len(pending), codec.CHUNK_ROWS):
-        part = pending[start : start + codec.CHUNK_ROWS]
-        conn.execute(
-            insert(history_chunks).values(
-                run_id=run_id,
-                stream=stream,
-                first_step=part[0][0],
-                last_step=part[-1][0],
-                row_count=len(part),
-                data=codec.encode([row for _, row in part]),
-            )
+        yield step, row
+
+
+def _write_chunk(
+    conn: Connection, run_id: int, stream: str, part: list[tuple[int, dict[str, Any]]]
+) -> None:
+    conn.execute(
+        insert(history_chunks).values(
+            run_id=run_id,
+            stream=stream,
+            first_step=part[0][0],
+            last_step=part[-1][0],
+            row_count=len(part),
+            data=codec.encode([row for _, row in part]),
         )
-    return added
+    )
 
 
 def history_keys_of(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
