@@ -291,13 +291,19 @@ def test_history_appended_while_serving_is_seen(writable):
         response = requests.post(writable.graphql_url, json=body, timeout=30)
         return [loads(line) for line in response.json()["data"]["project"]["run"]["history"]]
 
-    before = page()
     engine = make_engine(writable.db)
-    with write_transaction(engine) as conn:
-        run_id = find_run(conn, find_project(conn, ENTITY, PROJECT)["id"], name)["id"]
-        last = before[-1]["_step"]
-        append_history(conn, run_id, [{"_step": last + 1, "loss": 0.25}])
-    engine.dispose()
+
+    def append(step: int) -> None:
+        # appending rewrites the run's last chunk; SQLite may hand the new row the old id
+        with write_transaction(engine) as conn:
+            run_id = find_run(conn, find_project(conn, ENTITY, PROJECT)["id"], name)["id"]
+            append_history(conn, run_id, [{"_step": step, "loss": 0.25}])
+
+    last = page()[-1]["_step"]
+    append(last + 1)
+    before = page()
+    append(last + 2)
     after = page()
+    engine.dispose()
     assert same(after[:-1], before)
-    assert after[-1] == {"_step": last + 1, "loss": 0.25}
+    assert after[-1] == {"_step": last + 2, "loss": 0.25}

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from mirror.serve.auth import KeyChecker
+from mirror.serve.chunk_cache import ChunkCache
 from mirror.serve.context import RequestContext
 from mirror.serve.executor import Outcome, run_request
 from mirror.serve.faults import FaultConfig, FaultInjector
@@ -81,6 +82,7 @@ class MirrorApp:
         self.engine = engine
         self.keys = keys
         self.faults = FaultInjector(faults or FaultConfig())
+        self.chunks = ChunkCache()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -142,7 +144,9 @@ class MirrorApp:
         return outcome.status, headers, dumps_response(outcome.body), outcome.operation or ""
 
     def _execute(self, payload: Any) -> Outcome:
-        context = RequestContext(self.engine, page_repeat=self.faults.config.page_repeat)
+        context = RequestContext(
+            self.engine, self.chunks, page_repeat=self.faults.config.page_repeat
+        )
         try:
             return run_request(payload, context)
         except Exception:  # a bug or a broken database: logged once, answered as W&B would

@@ -1,4 +1,4 @@
-"""What resolvers share during one request: the database snapshot and the paging fault."""
+"""What resolvers share during one request: the database snapshot, caches, the paging fault."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from mirror.serve.chunk_cache import ChunkCache
 from mirror.store.engine import read_transaction
 
 
@@ -20,6 +21,7 @@ class RequestContext:
     """
 
     engine: Engine
+    chunks: ChunkCache
     page_repeat: int = 0
     cache: dict[Any, Any] = field(default_factory=dict)
     _stack: ExitStack = field(default_factory=ExitStack)

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, func, select
 
 from mirror.errors import MirrorError
 from mirror.query.sampling import sample_indices
-from mirror.serve.chunk_cache import window
+from mirror.serve.chunk_cache import ChunkCache
 from mirror.store.models import history_chunks
 
 DEFAULT_SAMPLES = 500
@@ -54,6 +54,7 @@ def _pick(rows: Iterator[dict[str, Any]], wanted: Sequence[int]) -> list[dict[st
 
 def stream_rows(
     conn: Connection,
+    cache: ChunkCache,
     run_id: int,
     stream: str,
     samples: int | None,
@@ -68,8 +69,8 @@ def stream_rows(
     if min_step is None and max_step is None:
         k = DEFAULT_SAMPLES if samples is None else samples
         wanted = sample_indices(_row_count(conn, run_id, stream), k)
-        return _pick(window(conn, run_id, stream), wanted)
-    return _sample(list(window(conn, run_id, stream, min_step, max_step)), samples)
+        return _pick(cache.window(conn, run_id, stream), wanted)
+    return _sample(list(cache.window(conn, run_id, stream, min_step, max_step)), samples)
 
 
 def _int_or_none(spec: dict[str, Any], key: str) -> int | None:
@@ -81,7 +82,9 @@ def _int_or_none(spec: dict[str, Any], key: str) -> int | None:
     return int(value)
 
 
-def sampled_rows(conn: Connection, run_id: int, spec: Any) -> list[dict[str, Any]]:
+def sampled_rows(
+    conn: Connection, cache: ChunkCache, run_id: int, spec: Any
+) -> list[dict[str, Any]]:
     """One ``sampledHistory`` spec: rows holding ALL its keys, only those keys, inclusive max."""
     if not isinstance(spec, dict):
         raise SpecError("sampledHistory spec must be a JSON object")
@@ -93,11 +96,11 @@ def sampled_rows(conn: Connection, run_id: int, spec: Any) -> list[dict[str, Any
     max_step = _int_or_none(spec, "maxStep")
     end = None if max_step is None else max_step + 1
     if not keys:
-        rows = list(window(conn, run_id, "history", min_step, end))
+        rows = list(cache.window(conn, run_id, "history", min_step, end))
     else:
         rows = [
             {k: row[k] for k in keys}
-            for row in window(conn, run_id, "history", min_step, end)
+            for row in cache.window(conn, run_id, "history", min_step, end)
             if all(k in row for k in keys)
         ]
     return _sample(rows, DEFAULT_SAMPLES if samples is None else samples)

@@ -273,19 +273,23 @@ def resolve_history(
     maxStep: int | None = None,
 ) -> list[str]:
     """Rows as JSON strings, ``[minStep, maxStep)``, at most ``samples``."""
-    rows = history.stream_rows(_conn(info), run["id"], "history", samples, minStep, maxStep)
+    rows = history.stream_rows(
+        _conn(info), _ctx(info).chunks, run["id"], "history", samples, minStep, maxStep
+    )
     return [dumps(row) for row in rows]
 
 
 def resolve_events(run: RowMapping, info: GraphQLResolveInfo, samples: int | None = None) -> list:
     """System-metric events, sampled like unwindowed history."""
-    rows = history.stream_rows(_conn(info), run["id"], "events", samples, None, None)
+    rows = history.stream_rows(
+        _conn(info), _ctx(info).chunks, run["id"], "events", samples, None, None
+    )
     return [dumps(row) for row in rows]
 
 
 def resolve_sampled_history(run: RowMapping, info: GraphQLResolveInfo, specs: list) -> list:
     """One list of row objects per spec."""
-    return [history.sampled_rows(_conn(info), run["id"], spec) for spec in specs]
+    return [history.sampled_rows(_conn(info), _ctx(info).chunks, run["id"], spec) for spec in specs]
 
 
 def resolve_parquet_history(run: RowMapping, info: GraphQLResolveInfo, liveKeys: list) -> dict:
