@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import requests
-from server_process import DATA, ENTITY, PROJECT
+from server_process import DATA, ENTITY, PROJECT, ServerProcess
 
 from mirror.store.fields import loads
 
@@ -145,3 +145,11 @@ def test_one_log_line_per_request_and_no_tracebacks_for_client_errors(served):
     assert "POST /graphql 400" in log
     assert "POST /sdk/otel/v1/metrics 200" in log
     assert "Traceback" not in log
+
+
+def test_sigterm_stops_the_server_cleanly(served_db, tmp_path):
+    server = ServerProcess(served_db, tmp_path / "serve.log").start()
+    requests.post(server.graphql_url, json={"query": "{ viewer { id } }"}, timeout=30)
+    server.stop()
+    assert server.proc is not None and server.proc.returncode == 0
+    assert "Traceback" not in server.log() and "cannot listen" not in server.log()

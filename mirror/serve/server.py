@@ -68,6 +68,11 @@ def make_server(
     return server
 
 
+def _interrupt(*_args: object) -> None:
+    """SIGTERM stops the loop the way Ctrl-C does; closing sockets under it would break select."""
+    raise KeyboardInterrupt
+
+
 def serve(
     database: str | os.PathLike[str] | None,
     host: str = "127.0.0.1",
@@ -89,7 +94,7 @@ def serve(
     migrate.upgrade(engine)
     faults = faults or FaultConfig()
     server = make_server(MirrorApp(engine, keys, faults), host, port, threads)
-    signal.signal(signal.SIGTERM, lambda *_: server.close())
+    signal.signal(signal.SIGTERM, _interrupt)
     bound_port = server.effective_port
     log.info("serving %s at http://%s:%s/graphql", engine.url, host, bound_port)
     if faults.active:
@@ -166,7 +171,13 @@ def fault_config(args: argparse.Namespace) -> FaultConfig:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Serve with parsed options; returns the exit code."""
+    """Serve with parsed options; returns the exit code.
+
+    Logs one line per request at INFO to stderr unless the caller configured logging already.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    log.setLevel(logging.INFO)  # the access log, even under a quieter root logger
     try:
         faults = fault_config(args)
     except ValueError as exc:
@@ -198,7 +209,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m mirror.serve", description="Serve a mirror as W&B's GraphQL API."
     )
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    return run_from_args(args)
+    return run_from_args(parser.parse_args(argv))
