@@ -40,7 +40,7 @@ from mirror.errors import MirrorError
 from mirror.store.engine import read_transaction, write_transaction
 from mirror.store.fields import HIDDEN_CONFIG_KEYS, dumps, loads, unwrap_config
 from mirror.store.history import Chunk
-from mirror.store.models import runs
+from mirror.store.models import NODE_COLUMNS, NODE_JSON_COLUMNS, runs
 from mirror.store.read import find_project, iter_chunks, iter_rows
 from mirror.store.upsert import append_history, last_step, upsert_runs
 
@@ -49,33 +49,6 @@ FORMATS: tuple[str, ...] = ("jsonl", "parquet", "csv")
 STREAMS = ("history", "events")
 RUNS_FILE = "runs.jsonl"
 _BATCH = 500
-
-#: W&B Run field → ``runs`` column, for fields stored as plain values
-_PLAIN = {
-    "id": "storage_id",
-    "name": "name",
-    "displayName": "display_name",
-    "state": "state",
-    "group": "group_name",
-    "jobType": "job_type",
-    "notes": "notes",
-    "description": "description",
-    "commit": "commit",
-    "host": "host",
-    "sweepName": "sweep_name",
-    "createdAt": "created_at",
-    "heartbeatAt": "heartbeat_at",
-    "updatedAt": "updated_at",
-    "historyLineCount": "history_line_count",
-}
-#: W&B Run field → ``runs`` column, for fields stored as JSON text
-_JSON = {
-    "tags": "tags",
-    "config": "config",
-    "summaryMetrics": "summary_metrics",
-    "systemMetrics": "system_metrics",
-    "historyKeys": "history_keys",
-}
 
 
 @dataclass(frozen=True)
@@ -130,8 +103,8 @@ def file_stem(run_name: str) -> str:
 def run_line(run: RowMapping, entity: str, project: str) -> dict[str, Any]:
     """A ``runs`` row → one ``runs.jsonl`` object, in W&B's GraphQL field names."""
     line: dict[str, Any] = {"entity": entity, "project": project}
-    line.update({field: run[column] for field, column in _PLAIN.items()})
-    for field, column in _JSON.items():
+    line.update({field: run[column] for field, column in NODE_COLUMNS.items()})
+    for field, column in NODE_JSON_COLUMNS.items():
         line[field] = loads(run[column])
     has_user = run["username"] is not None or run["user_name"] is not None
     line["user"] = {"name": run["user_name"], "username": run["username"]} if has_user else None

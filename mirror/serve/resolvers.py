@@ -22,7 +22,7 @@ from mirror.serve.errors import HttpError, RequestError
 from mirror.serve.jsonout import RawJSON
 from mirror.serve.paging import encode_cursor, start_after
 from mirror.store.fields import dumps, loads
-from mirror.store.models import projects, runs
+from mirror.store.models import NODE_COLUMNS, projects, runs
 from mirror.store.read import find_project, find_run, iter_rows
 from mirror.store.upsert import history_keys_of
 
@@ -320,29 +320,15 @@ def _column(name: str) -> Resolver:
 
 
 RUN_FIELDS: dict[str, Resolver] = {
-    "id": _column("storage_id"),
-    "name": _column("name"),
-    "displayName": _column("display_name"),
-    "description": _column("description"),
-    "notes": _column("notes"),
-    "state": _column("state"),
+    **{field: _column(column) for field, column in NODE_COLUMNS.items()},
     "tags": lambda run, _info: loads(run["tags"], []),
-    "group": _column("group_name"),
-    "jobType": _column("job_type"),
-    "commit": _column("commit"),
-    "host": _column("host"),
     "readOnly": lambda _run, _info: False,
-    "sweepName": _column("sweep_name"),
-    "createdAt": _column("created_at"),
-    "heartbeatAt": _column("heartbeat_at"),
-    "updatedAt": _column("updated_at"),
     "projectId": lambda run, _info: str(run["project_id"]),
     "user": lambda run, _info: _user(run),
     "project": lambda run, info: _project_row(info, run["project_id"]),
     "config": lambda run, _info, keys=None: _keys_subset(run["config"], keys),
     "summaryMetrics": lambda run, _info, keys=None: _keys_subset(run["summary_metrics"], keys),
     "systemMetrics": _column("system_metrics"),
-    "historyLineCount": _column("history_line_count"),
     "historyKeys": resolve_history_keys,
     "history": resolve_history,
     "events": resolve_events,

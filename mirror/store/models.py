@@ -87,6 +87,34 @@ runs = Table(
     Index(None, "project_id", "display_name"),
 )
 
+#: W&B GraphQL ``Run`` field → ``runs`` column, for fields stored as plain values
+NODE_COLUMNS: dict[str, str] = {
+    "id": "storage_id",
+    "name": "name",
+    "displayName": "display_name",
+    "state": "state",
+    "group": "group_name",
+    "jobType": "job_type",
+    "notes": "notes",
+    "description": "description",
+    "commit": "commit",
+    "host": "host",
+    "sweepName": "sweep_name",
+    "createdAt": "created_at",
+    "heartbeatAt": "heartbeat_at",
+    "updatedAt": "updated_at",
+    "historyLineCount": "history_line_count",
+}
+
+#: W&B GraphQL ``Run`` field → ``runs`` column, for fields stored as JSON text
+NODE_JSON_COLUMNS: dict[str, str] = {
+    "tags": "tags",
+    "config": "config",
+    "summaryMetrics": "summary_metrics",
+    "systemMetrics": "system_metrics",
+    "historyKeys": "history_keys",
+}
+
 field_keys = Table(
     "field_keys",
     metadata,

@@ -18,7 +18,15 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 
 from mirror.store import history as codec
 from mirror.store.fields import dumps, flatten, run_document
-from mirror.store.models import field_keys, history_chunks, projects, run_fields, runs
+from mirror.store.models import (
+    NODE_COLUMNS,
+    NODE_JSON_COLUMNS,
+    field_keys,
+    history_chunks,
+    projects,
+    run_fields,
+    runs,
+)
 
 
 def utcnow() -> str:
@@ -53,37 +61,15 @@ def _json_text(value: Any, default: str) -> str:
 
 def run_columns(entity: str, project: str, node: dict[str, Any]) -> dict[str, Any]:
     """A W&B GraphQL ``Run`` node → the ``runs`` columns it sets (fields it lacks are left out)."""
-    mapping = {
-        "displayName": "display_name",
-        "state": "state",
-        "group": "group_name",
-        "jobType": "job_type",
-        "notes": "notes",
-        "description": "description",
-        "commit": "commit",
-        "host": "host",
-        "sweepName": "sweep_name",
-        "createdAt": "created_at",
-        "heartbeatAt": "heartbeat_at",
-        "updatedAt": "updated_at",
-        "historyLineCount": "history_line_count",
-    }
-    cols: dict[str, Any] = {"name": node["name"]}
-    cols["storage_id"] = node.get("id") or storage_id(entity, project, node["name"])
-    for key, column in mapping.items():
+    cols: dict[str, Any] = {}
+    for key, column in NODE_COLUMNS.items():
         if key in node:
             cols[column] = node[key]
-    if "tags" in node:
-        cols["tags"] = dumps(list(node["tags"] or []))
-    for key, column in (
-        ("config", "config"),
-        ("summaryMetrics", "summary_metrics"),
-        ("systemMetrics", "system_metrics"),
-    ):
+    cols["storage_id"] = cols.get("storage_id") or storage_id(entity, project, node["name"])
+    json_defaults = {"tags": "[]", "historyKeys": "null"}
+    for key, column in NODE_JSON_COLUMNS.items():
         if key in node:
-            cols[column] = _json_text(node[key], "{}")
-    if "historyKeys" in node:
-        cols["history_keys"] = _json_text(node["historyKeys"], "null")
+            cols[column] = _json_text(node[key], json_defaults.get(key, "{}"))
     if "user" in node and node["user"]:
         cols["username"] = node["user"].get("username")
         cols["user_name"] = node["user"].get("name")
