@@ -123,3 +123,23 @@ def test_demo_seeds_and_queries(tmp_path: Path):
     assert "top 5 finished runs" in result.stdout and "40 rows x" in result.stdout
     again = run_cli("--db", str(tmp_path / "demo.db"), "demo", "--runs", "20", "--steps", "40")
     assert again.returncode == 0 and "seeded" not in again.stdout  # reuses the mirror
+
+
+def test_export_then_import_through_the_cli(seeded: Path, tmp_path: Path, capsys):
+    out = tmp_path / "export"
+    assert (
+        main(["--db", str(seeded), "export", "ent/proj", "--format", "jsonl", "--out", str(out)])
+        == 0
+    )
+    copy = tmp_path / "copy.db"
+    assert main(["--db", str(copy), "import", str(out)]) == 0
+    capsys.readouterr()
+    original = Api(database=str(seeded))
+    restored = Api(database=str(copy))
+    assert [r.id for r in restored.runs("ent/proj")] == [r.id for r in original.runs("ent/proj")]
+    run = original.runs("ent/proj")[0]
+    again = restored.run(f"ent/proj/{run.id}")
+    assert json.dumps(again.history(pandas=False)) == json.dumps(run.history(pandas=False))
+    assert json.dumps(dict(again.summary)) == json.dumps(dict(run.summary))
+    result = run_cli("--db", str(copy), "import", str(tmp_path / "nowhere"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
