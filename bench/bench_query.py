@@ -1,0 +1,274 @@
+"""Query benchmark: ``mirror.Api`` filters against mongomock over the same run documents.
+
+A synthetic project of 100,000 runs is seeded once into ``bench/out/`` (reused while the
+parameters stay the same: seeding takes minutes). Every query of the suite runs twice, warm:
+
+* through ``mirror.Api``, as a user would write it, materialising what a user would look at (the
+  first page of 50 ids, every id of a small result, or ``len()`` for a count), with the Api's
+  result cache flushed before each repetition so that the database does the work every time;
+* through mongomock, over ``mirror.store.fields.run_document(row)`` of every run, inserted
+  before timing: the same filter, the same sort and limit, ``count_documents`` for a count.
+
+Both sides must return the same ids (checked), so the ratio compares equal work. Targets: every
+query at least 10x faster than mongomock, a geometric mean of at least 30x, and the selective
+query (under 1% of runs) under 20 ms.
+
+Usage: ``.venv/bin/python bench/bench_query.py [--runs 100000] [--repeat 7]``.
+Exits non-zero when a target fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import (
+    discard_fixture,
+    fixture_ready,
+    fresh_database,
+    geomean,
+    machine,
+    mark_fixture,
+    out_path,
+    table,
+    time_ms,
+    verdict,
+)
+
+ENTITY, PROJECT = "bench", "runs"
+STEPS = 10  # history rows per run: enough for realistic summaries (the last value of each key)
+PAGE = 50
+
+
+@dataclass(frozen=True)
+class Query:
+    """One query of the suite, written once for both sides.
+
+    ``order`` is the Api's order string, ``sort`` mongomock's equivalent (the Api's default
+    order is newest first with the run id as tie-break). ``mode`` says what is materialised:
+    ``page`` the first ``PAGE`` ids, ``all`` every id, ``count`` ``len()``.
+    """
+
+    name: str
+    filters: dict[str, Any]
+    order: str = "-created_at"
+    sort: list[tuple[str, int]] = field(default_factory=lambda: [("createdAt", -1), ("name", 1)])
+    mode: str = "page"
+    selective: bool = False
+
+
+SUITE = [
+    Query("default listing, first page", {}),
+    Query("config equality", {"config.experiment_name": "wide-imagenet"}),
+    Query(
+        "summary range, order, limit 50",
+        {"summary_metrics.train/loss": {"$gte": 0.2, "$lt": 0.6}},
+        order="-summary_metrics.train/loss",
+        sort=[("summary_metrics.train/loss", -1), ("name", 1)],
+    ),
+    Query("$or tags / state", {"$or": [{"tags": "prod"}, {"state": "crashed"}]}),
+    Query("$regex displayName", {"displayName": {"$regex": "-comet-"}}),
+    Query(
+        "$exists + $ne",
+        {"config.sweep_trial": {"$exists": True}, "state": {"$ne": "finished"}},
+    ),
+    Query(
+        "$in + nested config, ascending order",
+        {"config.optimizer": {"$in": ["adam", "adamw"]}, "config.model.act": "gelu"},
+        order="+summary_metrics.best_acc",
+        sort=[("summary_metrics.best_acc", 1), ("name", 1)],
+    ),
+    Query(
+        "count (len)",
+        {"config.optimizer": "adamw", "summary_metrics.best_acc": {"$gt": 0.9}},
+        mode="count",
+    ),
+    Query(
+        "selective (<1%), all ids",
+        {"config.model.depth": 33, "host": "gpu-node-07"},
+        mode="all",
+        selective=True,
+    ),
+]
+
+
+def seed(path: Path, runs: int, seed_value: int, reseed: bool) -> None:
+    """Seed the synthetic project with the project's own seeder, unless already there."""
+    from mirror.store import migrate
+
+    params = {
+        "runs": runs,
+        "steps": STEPS,
+        "seed": seed_value,
+        "schema": migrate.head_revision(),
+    }
+    if not reseed and fixture_ready(path, params):
+        print(f"reusing {path} ({runs:,} runs, seed {seed_value})")
+        return
+    from mirror.synth import seed_project
+
+    discard_fixture(path)
+    engine = fresh_database(path)
+    started = time.perf_counter()
+    last = [0.0]
+
+    def progress(done: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] > 15 or done == runs:
+            last[0] = now
+            print(f"  seeded {done:,}/{runs:,} runs ({now - started:.0f} s)", flush=True)
+
+    print(f"seeding {runs:,} runs x {STEPS} steps into {path} ...", flush=True)
+    seed_project(engine, ENTITY, PROJECT, runs, STEPS, seed=seed_value, progress=progress)
+    engine.dispose()
+    mark_fixture(path, params)
+    print(f"seeded in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def load_collection(path: Path) -> Any:
+    """Every run as the document the filter engine sees, in a mongomock collection."""
+    import mongomock
+    from sqlalchemy import select
+
+    from mirror.store.engine import make_engine, read_transaction
+    from mirror.store.fields import run_document
+    from mirror.store.models import projects, runs
+
+    engine = make_engine(path)
+    with read_transaction(engine) as conn:
+        rows = conn.execute(
+            select(runs)
+            .join(projects, projects.c.id == runs.c.project_id)
+            .where(
+                projects.c.entity == ENTITY,
+                projects.c.name == PROJECT,
+                runs.c.deleted_at.is_(None),
+            )
+        ).mappings()
+        docs = [run_document(row) for row in rows]
+    engine.dispose()
+    collection = mongomock.MongoClient().db.runs
+    collection.insert_many(docs)
+    return collection
+
+
+def run_mirror(api: Any, query: Query) -> Any:
+    """The query through the Api, materialised as a user would, with no result cache."""
+    api.flush()
+    per_page = 1000 if query.mode == "all" else PAGE
+    runs = api.runs(f"{ENTITY}/{PROJECT}", query.filters, order=query.order, per_page=per_page)
+    if query.mode == "count":
+        return len(runs)
+    if query.mode == "all":
+        return [r.id for r in runs]
+    return [r.id for r in itertools.islice(runs, PAGE)]
+
+
+def run_mongomock(collection: Any, query: Query) -> Any:
+    """The same query through mongomock: same filter, sort and limit, whole documents back.
+
+    Whole documents, as the Api builds whole ``Run`` objects (config and summary parsed).
+    """
+    if query.mode == "count":
+        return collection.count_documents(query.filters)
+    cursor = collection.find(query.filters).sort(query.sort)
+    if query.mode == "page":
+        cursor = cursor.limit(PAGE)
+    return [d["name"] for d in cursor]
+
+
+def agree(mine: Any, theirs: Any, query: Query) -> str:
+    """``yes`` when both sides returned the same result (same order where one is asked for)."""
+    if mine == theirs:
+        return "yes"
+    if query.mode != "count" and set(mine) == set(theirs):
+        return "same set, order differs"
+    return "NO"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Seed or reuse the project, time the suite on both sides, print, check the targets."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=100_000, help="runs in the project")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic project seed")
+    parser.add_argument("--repeat", type=int, default=7, help="timed repetitions (median)")
+    parser.add_argument("--reseed", action="store_true", help="seed again even if present")
+    parser.add_argument("--seed-only", action="store_true", help="seed, then stop")
+    parser.add_argument("--only", help="run only queries whose name contains this text")
+    args = parser.parse_args(argv)
+
+    print(f"machine: {machine()}")
+    path = out_path(f"query_{args.runs}_{args.seed}.db")
+    seed(path, args.runs, args.seed, args.reseed)
+    if args.seed_only:
+        return 0
+
+    from mirror import Api
+
+    started = time.perf_counter()
+    collection = load_collection(path)
+    total = collection.count_documents({})
+    print(f"mongomock: {total:,} documents loaded in {time.perf_counter() - started:.1f} s")
+    api = Api(database=str(path))
+
+    suite = [q for q in SUITE if not args.only or args.only in q.name]
+    results = []
+    for query in suite:
+        mirror_ms, mine = time_ms(lambda q=query: run_mirror(api, q), args.repeat)
+        # mongomock takes seconds a query on 100,000 documents: fewer repetitions suffice
+        mongo_ms, theirs = time_ms(
+            lambda q=query: run_mongomock(collection, q), max(3, args.repeat // 2)
+        )
+        matches = (
+            mine
+            if query.mode == "count"
+            else collection.count_documents(query.filters)
+            if query.mode == "page"
+            else len(mine)
+        )
+        row = [query.name, matches, mirror_ms, mongo_ms, mongo_ms / mirror_ms]
+        row.append(agree(mine, theirs, query))
+        results.append((query, row))
+        print(
+            f"  {query.name}: {matches:,} matches, mirror {mirror_ms:.2f} ms, "
+            f"mongomock {mongo_ms:.1f} ms, {mongo_ms / mirror_ms:.1f}x",
+            flush=True,
+        )
+
+    print(f"\n## {total:,} runs, median of {args.repeat} warm runs\n")
+    headers = ["query", "matches", "mirror ms", "mongomock ms", "ratio", "same result"]
+    print(table(headers, [row for _, row in results]))
+    ratios = [row[4] for _, row in results]
+    mean = geomean(ratios)
+    print(f"\ngeometric mean of ratios: {mean:.1f}x")
+
+    targets = []
+    for query, row in results:
+        targets.append(
+            (f"{query.name}: >= 10x faster than mongomock ({row[4]:.1f}x)", row[4] >= 10)
+        )
+        targets.append((f"{query.name}: same result as mongomock ({row[5]})", row[5] != "NO"))
+        if query.selective:
+            share = row[1] / total if total else 0
+            targets.append(
+                (f"{query.name}: under 1% of runs ({share:.2%})", share < 0.01),
+            )
+            targets.append((f"{query.name}: under 20 ms ({row[2]:.2f} ms)", row[2] < 20))
+    if len(results) == len(SUITE):
+        targets.append((f"geometric mean >= 30x ({mean:.1f}x)", mean >= 30))
+    print("\n## targets\n")
+    for label, ok in targets:
+        print(f"{verdict(ok)}  {label}")
+    failed = [label for label, ok in targets if not ok]
+    if failed:
+        print(f"\n{len(failed)} target(s) failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
