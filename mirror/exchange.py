@@ -287,7 +287,7 @@ class _ChunkPass:
         self.conn, self.run_id, self.stream = conn, run_id, stream
 
     def _chunks(self) -> Iterator[Chunk]:
-        for _first, _last, chunk in iter_chunks(self.conn, self.run_id, self.stream):
+        for _span, chunk in iter_chunks(self.conn, self.run_id, self.stream):
             yield chunk
 
     def learn(self) -> _Types:

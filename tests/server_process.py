@@ -19,7 +19,8 @@ import requests
 from mirror.store import migrate
 from mirror.store.engine import make_engine, write_transaction
 from mirror.store.fields import dumps, loads
-from mirror.store.upsert import append_history, history_keys_of, upsert_runs
+from mirror.store.history import history_keys_of
+from mirror.store.upsert import append_history, upsert_runs
 from mirror.synth import seed_project
 
 DATA = Path(__file__).parent / "data" / "wandb"

@@ -203,3 +203,26 @@ def test_values_are_bound_not_formatted(engine):
         upsert_runs(conn, "e", "p", [node(evil, displayName=evil)])
     with read_transaction(engine) as conn:
         assert conn.execute(text("SELECT name FROM runs")).scalar() == evil
+
+
+def test_repeated_or_backward_steps_within_one_append_are_dropped(engine):
+    with write_transaction(engine) as conn:
+        run_id = upsert_runs(conn, "e", "p", [node("r1")])["r1"]
+        rows = [{"_step": 5, "a": 1}, {"_step": 5, "a": 2}, {"_step": 3, "a": 3}, {"_step": 6}]
+        assert append_history(conn, run_id, rows) == 2
+        assert list(iter_rows(conn, run_id, min_step=5, max_step=6)) == [{"_step": 5, "a": 1}]
+        spans = conn.execute(select(history_chunks.c.first_step, history_chunks.c.last_step))
+        assert list(spans) == [(5, 6)]
+
+
+def test_rows_without_step_are_numbered_alike_when_written_and_read(engine, db_path):
+    from mirror import Api
+
+    rows = [{"_step": 0, "x": 0}, {"_step": 10, "x": 1}, {"x": 2}, {"_step": 11, "x": 3}]
+    with write_transaction(engine) as conn:
+        run_id = upsert_runs(conn, "e", "p", [node("r1")])["r1"]
+        assert append_history(conn, run_id, rows) == 3  # {"x": 2} is step 11: the later 11 repeats
+        assert [r["x"] for r in iter_rows(conn, run_id, min_step=11)] == [2]
+    run = Api(database=str(db_path)).run("e/p/r1")
+    assert run.history(pandas=False, min_step=11) == [{"x": 2}]
+    assert run.history(min_step=11)["x"].tolist() == [2]

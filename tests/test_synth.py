@@ -17,7 +17,8 @@ from mirror.store.engine import read_transaction
 from mirror.store.fields import dumps, loads
 from mirror.store.models import history_chunks, runs
 from mirror.store.read import find_project, find_run, iter_rows
-from mirror.store.upsert import history_keys_of, storage_id
+from mirror.store.history import history_keys_of
+from mirror.store.upsert import storage_id
 from mirror.synth import STATES, SynthRun, generate_runs, seed_project
 
 EXAMPLE = json.loads(Path("/work/shared/wandb/examples/real-sdk-run.json").read_text())

@@ -25,6 +25,7 @@ from mirror.store import migrate
 from mirror.store import read as store_read
 from mirror.store.engine import make_engine
 from mirror.store.fields import loads, unwrap_config
+from mirror.store.history import number_rows
 from mirror.store.models import projects
 
 
@@ -348,13 +349,18 @@ def _history_frame(
     import pandas as pd
 
     frames = []
-    for first, _last, chunk in store_read.iter_chunks(conn, run_id, stream, min_step, max_step):
+    for span, chunk in store_read.iter_chunks(conn, run_id, stream, min_step, max_step):
         names = list(chunk.columns) if keys is None else [*keys, "_step"]
         data = {k: chunk.columns[k].full(chunk.n) for k in names if k in chunk.columns}
-        if "_step" in chunk.columns:
-            steps = chunk.columns["_step"].full(chunk.n)
-        else:
-            steps = np.arange(first, first + chunk.n)
+        step_column = chunk.columns.get("_step")
+        if step_column is not None and step_column.kind == "i" and step_column.mask is None:
+            steps = step_column.values
+        else:  # rows without a whole _step: number them as the store does
+            steps = np.fromiter(
+                (step for step, _ in number_rows(chunk.rows(["_step"]), span.first_step)),
+                dtype=np.int64,
+                count=chunk.n,
+            )
         keep = np.ones(chunk.n, dtype=bool)
         if min_step is not None:
             keep &= steps >= min_step

@@ -13,15 +13,12 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
-from mirror.store import history as codec
-from mirror.store.models import history_chunks
+from mirror.store.read import ChunkSpan, chunk_spans, load_chunk, window
 
 #: chunks kept; a 10,000-row chunk of ~20 keys is ~10 MB of Python objects
 CAPACITY = 6
-
-_Key = tuple[int, int, int, int]
 
 
 class ChunkCache:
@@ -29,21 +26,18 @@ class ChunkCache:
 
     def __init__(self, capacity: int = CAPACITY) -> None:
         self.capacity = capacity
-        self._rows: OrderedDict[_Key, list[dict[str, Any]]] = OrderedDict()
+        self._rows: OrderedDict[ChunkSpan, list[dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _decoded(self, conn: Connection, key: _Key) -> list[dict[str, Any]]:
+    def _decoded(self, conn: Connection, span: ChunkSpan) -> list[dict[str, Any]]:
         with self._lock:
-            rows = self._rows.get(key)
+            rows = self._rows.get(span)
             if rows is not None:
-                self._rows.move_to_end(key)
+                self._rows.move_to_end(span)
                 return rows
-        blob = conn.execute(
-            select(history_chunks.c.data).where(history_chunks.c.id == key[0])
-        ).scalar_one()
-        rows = codec.decode(blob).rows()
+        rows = load_chunk(conn, span).rows()
         with self._lock:
-            self._rows[key] = rows
+            self._rows[span] = rows
             while len(self._rows) > self.capacity:
                 self._rows.popitem(last=False)
         return rows
@@ -57,19 +51,5 @@ class ChunkCache:
         max_step: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Rows with ``min_step <= step < max_step`` in step order (as ``store.read.iter_rows``)."""
-        c = history_chunks.c
-        query = select(c.id, c.first_step, c.last_step, c.row_count).where(
-            c.run_id == run_id, c.stream == stream
-        )
-        if min_step is not None:
-            query = query.where(c.last_step >= min_step)
-        if max_step is not None:
-            query = query.where(c.first_step < max_step)
-        for chunk_id, first, last, count in conn.execute(query.order_by(c.first_step)).all():
-            for i, row in enumerate(self._decoded(conn, (chunk_id, first, last, count))):
-                step = codec.step_of(row, first + i)
-                if min_step is not None and step < min_step:
-                    continue
-                if max_step is not None and step >= max_step:
-                    continue
-                yield row
+        for span in chunk_spans(conn, run_id, stream, min_step, max_step):
+            yield from window(self._decoded(conn, span), span.first_step, min_step, max_step)

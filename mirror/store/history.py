@@ -19,7 +19,7 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,13 +207,49 @@ def step_of(row: dict[str, Any], fallback: int) -> int:
     return int(step)
 
 
-def split(rows: Iterable[dict[str, Any]], size: int = CHUNK_ROWS) -> Iterable[list[dict[str, Any]]]:
-    """Rows in runs of ``size`` (the last one shorter)."""
-    batch: list[dict[str, Any]] = []
+def number_rows(
+    rows: Iterable[dict[str, Any]], start: int = 0
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(step, row)`` pairs: a row's ``_step``, else one past the previous row's step.
+
+    The one numbering rule for writers and readers alike, so that rows without ``_step``
+    (system-metric events) get the same step when stored and when read back.
+    """
+    ordinal = start
     for row in rows:
-        batch.append(row)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        step = step_of(row, ordinal)
+        ordinal = step + 1
+        yield step, row
+
+
+def history_keys_of(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """W&B's ``historyKeys`` for rows: type counts per key and the last step."""
+    counts: dict[str, dict[str, int]] = {}
+    last = -1
+    for step, row in number_rows(rows):
+        last = step
+        for key, value in row.items():
+            kind = _wandb_type(value)
+            per = counts.setdefault(key, {})
+            per[kind] = per.get(kind, 0) + 1
+    return {
+        "keys": {
+            key: {"typeCounts": [{"type": t, "count": c} for t, c in per.items()]}
+            for key, per in counts.items()
+        },
+        "lastStep": last,
+    }
+
+
+def _wandb_type(value: Any) -> str:
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return str(value.get("_type", "map"))
+    return "list"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, RowMapping, and_, select
@@ -35,36 +36,70 @@ def find_run_by_storage_id(conn: Connection, storage_id: str) -> RowMapping | No
     return conn.execute(select(runs).where(runs.c.storage_id == storage_id)).mappings().first()
 
 
+@dataclass(frozen=True)
+class ChunkSpan:
+    """Where a stored chunk sits: enough to fetch it, and to tell when it was rewritten."""
+
+    id: int
+    first_step: int
+    last_step: int
+    row_count: int
+
+
+def chunk_spans(
+    conn: Connection,
+    run_id: int,
+    stream: str = "history",
+    min_step: int | None = None,
+    max_step: int | None = None,
+) -> list[ChunkSpan]:
+    """The chunks overlapping ``[min_step, max_step)``, in step order (no blobs read)."""
+    c = history_chunks.c
+    conds = [c.run_id == run_id, c.stream == stream]
+    if min_step is not None:
+        conds.append(c.last_step >= min_step)
+    if max_step is not None:
+        conds.append(c.first_step < max_step)
+    query = select(c.id, c.first_step, c.last_step, c.row_count).where(and_(*conds))
+    return [ChunkSpan(*row) for row in conn.execute(query.order_by(c.first_step))]
+
+
+def load_chunk(conn: Connection, span: ChunkSpan) -> codec.Chunk:
+    """Read and decode one chunk."""
+    data = conn.execute(
+        select(history_chunks.c.data).where(history_chunks.c.id == span.id)
+    ).scalar_one()
+    return codec.decode(data)
+
+
 def iter_chunks(
     conn: Connection,
     run_id: int,
     stream: str = "history",
     min_step: int | None = None,
     max_step: int | None = None,
-) -> Iterator[tuple[int, int, codec.Chunk]]:
-    """``(first_step, last_step, chunk)`` overlapping ``[min_step, max_step)``, in step order.
+) -> Iterator[tuple[ChunkSpan, codec.Chunk]]:
+    """Chunks overlapping ``[min_step, max_step)``, one decoded at a time (bounded memory)."""
+    for span in chunk_spans(conn, run_id, stream, min_step, max_step):
+        yield span, load_chunk(conn, span)
 
-    One chunk at a time, so a million-step scan holds one chunk in memory, not the run.
-    """
-    conds = [history_chunks.c.run_id == run_id, history_chunks.c.stream == stream]
-    if min_step is not None:
-        conds.append(history_chunks.c.last_step >= min_step)
-    if max_step is not None:
-        conds.append(history_chunks.c.first_step < max_step)
-    ids = (
-        conn.execute(
-            select(history_chunks.c.id).where(and_(*conds)).order_by(history_chunks.c.first_step)
-        )
-        .scalars()
-        .all()
-    )
-    for chunk_id in ids:
-        row = conn.execute(
-            select(
-                history_chunks.c.first_step, history_chunks.c.last_step, history_chunks.c.data
-            ).where(history_chunks.c.id == chunk_id)
-        ).one()
-        yield row.first_step, row.last_step, codec.decode(row.data)
+
+def window(
+    rows: Iterable[dict[str, Any]],
+    first_step: int,
+    min_step: int | None = None,
+    max_step: int | None = None,
+    keys: Sequence[str] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """A chunk's rows with ``min_step <= step < max_step``; with ``keys``, holding any of them."""
+    for step, row in codec.number_rows(rows, first_step):
+        if (min_step is not None and step < min_step) or (
+            max_step is not None and step >= max_step
+        ):
+            continue
+        if keys is not None and not any(k in row for k in keys):
+            continue
+        yield row
 
 
 def iter_rows(
@@ -76,14 +111,6 @@ def iter_rows(
     keys: Sequence[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Rows with ``min_step <= step < max_step``; with ``keys``, rows holding any of them."""
-    for first, _last, chunk in iter_chunks(conn, run_id, stream, min_step, max_step):
-        wanted = None if keys is None else [*keys, "_step"]
-        for i, row in enumerate(chunk.rows(wanted)):
-            step = codec.step_of(row, first + i)
-            if (min_step is not None and step < min_step) or (
-                max_step is not None and step >= max_step
-            ):
-                continue
-            if keys is not None and not any(k in row for k in keys):
-                continue
-            yield row
+    wanted = None if keys is None else [*keys, "_step"]
+    for span, chunk in iter_chunks(conn, run_id, stream, min_step, max_step):
+        yield from window(chunk.rows(wanted), span.first_step, min_step, max_step, keys)

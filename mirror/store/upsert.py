@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -228,14 +228,15 @@ def append_history(
     after = None if tail is None else tail["last_step"]
     buffer: list[tuple[int, dict[str, Any]]] = []
     added = 0
-    for step, row in _numbered(rows, start):
+    for step, row in codec.number_rows(rows, start):
         if after is not None and step <= after:
-            continue
+            continue  # already mirrored, or a repeated/backwards step within these rows
         if added == 0 and tail is not None and tail["row_count"] < codec.CHUNK_ROWS:
             previous = codec.decode(tail["data"]).rows()
-            buffer = [(codec.step_of(r, tail["first_step"] + i), r) for i, r in enumerate(previous)]
+            buffer = list(codec.number_rows(previous, tail["first_step"]))
             conn.execute(delete(history_chunks).where(history_chunks.c.id == tail["id"]))
         buffer.append((step, row))
+        after = step
         added += 1
         if len(buffer) == codec.CHUNK_ROWS:
             _write_chunk(conn, run_id, stream, buffer)
@@ -243,14 +244,6 @@ def append_history(
     if buffer:
         _write_chunk(conn, run_id, stream, buffer)
     return added
-
-
-def _numbered(rows: Iterable[dict[str, Any]], start: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    ordinal = start
-    for row in rows:
-        step = codec.step_of(row, ordinal)
-        ordinal = step + 1
-        yield step, row
 
 
 def _write_chunk(
@@ -266,36 +259,3 @@ def _write_chunk(
             data=codec.encode([row for _, row in part]),
         )
     )
-
-
-def history_keys_of(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """W&B's ``historyKeys`` for rows: type counts per key and the last step."""
-    counts: dict[str, dict[str, int]] = {}
-    last = -1
-    for i, row in enumerate(rows):
-        last = codec.step_of(row, i)
-        for key, value in row.items():
-            kind = _wandb_type(value)
-            per = counts.setdefault(key, {})
-            per[kind] = per.get(kind, 0) + 1
-    return {
-        "keys": {
-            key: {"typeCounts": [{"type": t, "count": c} for t, c in per.items()]}
-            for key, per in counts.items()
-        },
-        "lastStep": last,
-    }
-
-
-def _wandb_type(value: Any) -> str:
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return str(value.get("_type", "map"))
-    return "list"
