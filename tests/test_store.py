@@ -10,8 +10,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, inspect, select, text
 
+from mirror.errors import MirrorError
 from mirror.store import history as codec
 from mirror.store import migrate
 from mirror.store.engine import make_engine, read_transaction, write_transaction
@@ -40,20 +42,15 @@ def test_models_and_migrations_agree(engine):
     assert migrate.schema_differences(engine) == []
 
 
-def test_upgrade_snapshots_a_non_empty_database(tmp_path: Path):
-    path = tmp_path / "old.db"
+def test_a_foreign_database_is_refused_untouched(tmp_path: Path):
+    path = tmp_path / "other.db"
     engine = make_engine(path)
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE notes (body TEXT)")
-        conn.exec_driver_sql("INSERT INTO notes VALUES ('keep me')")
-    snapshot = migrate.upgrade(engine)
-    assert snapshot is not None and snapshot.exists()
-    copy = make_engine(snapshot)
-    with copy.connect() as conn:
-        assert conn.exec_driver_sql("SELECT body FROM notes").scalar() == "keep me"
-        assert "runs" not in inspect(conn).get_table_names()
-    assert "runs" in inspect(engine).get_table_names()
-    assert migrate.upgrade(engine) is None  # already at head: nothing to do, no snapshot
+    with pytest.raises(MirrorError, match="not a wandb-mirror database"):
+        migrate.upgrade(engine)
+    assert not (tmp_path / "snapshots").exists()
+    assert inspect(engine).get_table_names() == ["notes"]
 
 
 def test_sqlite_runs_in_wal_mode(engine):

@@ -17,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
+from mirror.errors import MirrorError
 from mirror.store.backup import snapshot
 from mirror.store.engine import sqlite_path
 from mirror.store.models import metadata
@@ -50,6 +51,24 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def require_current(engine: Engine) -> None:
+    """Refuse to read or serve a database that is missing, foreign, or at another schema."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current is None:
+        raise MirrorError(f"no mirror at {_shown(engine)}; create one with `wandb-mirror init`")
+    if current != head:
+        raise MirrorError(
+            f"the mirror at {_shown(engine)} is at schema {current}, this wandb-mirror needs "
+            f"{head}; run `wandb-mirror db upgrade`"
+        )
+
+
+def _shown(engine: Engine) -> str:
+    path = sqlite_path(str(engine.url))
+    return str(path) if path is not None else engine.url.render_as_string(hide_password=True)
+
+
 def upgrade(engine: Engine, revision: str = "head") -> Path | None:
     """Bring the database to ``revision``; returns the snapshot taken first, if one was needed.
 
@@ -60,9 +79,15 @@ def upgrade(engine: Engine, revision: str = "head") -> Path | None:
     current = current_revision(engine)
     if current == target:
         return None
+    tables = inspect(engine).get_table_names()
+    if current is None and tables:
+        raise MirrorError(
+            f"{_shown(engine)} holds other tables ({', '.join(tables[:3])}) and is not a "
+            "wandb-mirror database; choose another --db"
+        )
     taken = None
     path = sqlite_path(str(engine.url))
-    if path is not None and inspect(engine).get_table_names():
+    if path is not None and tables:
         taken = snapshot(engine, path.parent / "snapshots", label=f"pre-upgrade-{current}")
     cfg = _config()
     with engine.begin() as conn:
