@@ -28,6 +28,11 @@ mongomock departs from MongoDB's documented behaviour. Each departure is named i
   also each element of an array (as the implicit form does in both);
 * ``{"$not": {"$regex": ..., "$options": ...}}`` is valid MongoDB (4.0.7+) that mongomock
   rejects;
+* limits of the mirror, not of mongomock (see the report of ``mirror.query``): ``$size`` only
+  sees arrays at the path itself, not ones reached through an array of documents
+  (``{"a.b": {"$size": 0}}`` on ``{"a": [{"b": []}]}``); ``{"a.b": null}`` does not match when
+  only some documents of ``a`` lack ``b`` (the generator gives them all one), and a filter on
+  an array of more than ``MAX_INDEXED_ARRAY`` elements sees the whole array only;
 * keys with a literal dot (``config.name.with.dot``) resolve here on purpose (a W&B config key),
   not in MongoDB or mongomock.
 """
@@ -283,6 +288,10 @@ def mongomock_departs(canon: dict[str, Any], docs: list[dict[str, Any]]) -> str 
             return "$gte/$lte null on missing"
         if (_null_test(op, arg) or spelled != op) and any(not c for c in candidates):
             return "null or $not on a dead-end path"
+        if op == "$size" and any(
+            e == 1 and isinstance(v, list) for d in docs for e, v in values_at(d, path)
+        ):
+            return "$size on arrays reached through an array (a limit of the mirror)"
         if op == "$size" and any(
             not isinstance(v, list) for c in candidates for v in c if v is not NOTHING
         ):
