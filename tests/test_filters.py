@@ -92,7 +92,7 @@ NODES = [
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory):
     """A migrated SQLite file with the runs above, one of them deleted, another project beside."""
-    engine = make_engine(tmp_path_factory.mktemp("filters") / "mirror.db")
+    engine = make_engine(tmp_path_factory.mktemp("filters") / "mirror.db", create=True)
     migrate.upgrade(engine)
     with engine.begin() as conn:
         upsert_runs(conn, "e", "p", NODES)

@@ -323,7 +323,7 @@ def mongomock_sort_departs(path: str, docs: list[dict[str, Any]]) -> str | None:
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory):
     """One migrated SQLite file for the module; every example writes its own project."""
-    eng = make_engine(tmp_path_factory.mktemp("differential") / "mirror.db")
+    eng = make_engine(tmp_path_factory.mktemp("differential") / "mirror.db", create=True)
     migrate.upgrade(eng)
     yield eng
     eng.dispose()
