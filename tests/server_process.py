@@ -35,7 +35,7 @@ SDK_RUN = "realsdk1"
 
 def seed_database(path: Path, runs: int = RUNS, steps: int = STEPS) -> Path:
     """A migrated mirror with a synthetic project and the real SDK run."""
-    engine = make_engine(path)
+    engine = make_engine(path, create=True)
     try:
         migrate.upgrade(engine)
         seed_project(engine, ENTITY, PROJECT, runs, steps, seed=7)

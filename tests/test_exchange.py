@@ -23,7 +23,7 @@ from mirror.synth import seed_project
 
 ENTITY, PROJECT = "acme", "vision"
 #: columns that belong to the mirror itself, not to the W&B run
-LOCAL_COLUMNS = {"id", "project_id", "synced_at", "content_hash"}
+LOCAL_COLUMNS = {"id", "project_id", "synced_at"}
 
 ODD_RUN = {
     "name": "odd/run",
@@ -45,7 +45,7 @@ ODD_ROWS = [
 
 
 def _fresh(path: Path):
-    engine = make_engine(path)
+    engine = make_engine(path, create=True)
     migrate.upgrade(engine)
     return engine
 

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import re
+import sqlite3
+import zlib
 from typing import Any
 
 import pytest
 import requests
-from server_process import DATA, ENTITY, PROJECT, ServerProcess
+from server_process import DATA, ENTITY, PROJECT, ServerProcess, free_port, run_serve, seed_database
 
+from mirror.serve.app import MAX_BODY_BYTES, MirrorApp
+from mirror.serve.auth import KeyChecker
+from mirror.store.engine import make_engine
 from mirror.store.fields import loads
 
 RUN_STATE = (DATA / "sdk-queries" / "sdk_head_RunState.graphql").read_text()
@@ -51,6 +58,53 @@ def test_a_gzip_body_is_accepted(served):
     headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
     response = requests.post(served.graphql_url, data=raw, headers=headers, timeout=30)
     assert response.json() == {"data": {"viewer": {"entity": ENTITY}}}
+
+
+def call_app(app: MirrorApp, body: bytes, encoding: str) -> tuple[str, dict[str, Any]]:
+    """POST ``body`` to the WSGI app in process; the status line and the JSON answer."""
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/graphql",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_CONTENT_ENCODING": encoding,
+        "wsgi.input": io.BytesIO(body),
+    }
+    got: list[str] = []
+    answer = b"".join(app(environ, lambda status, _headers: got.append(status)))
+    return got[0], loads(answer)
+
+
+def deflated(data: bytes, wbits: int) -> bytes:
+    packer = zlib.compressobj(9, wbits=wbits)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize(("encoding", "wbits"), [("gzip", 31), ("deflate", 15)])
+def test_a_body_that_inflates_beyond_the_limit_is_413(db_path, encoding, wbits):
+    engine = make_engine(db_path)
+    app = MirrorApp(engine, KeyChecker(()), max_body_bytes=64 * 1024)
+    query = json.dumps({"query": "{ viewer { entity } }"}).encode()
+    padded = query[:-1] + b" " * (64 * 1024 - len(query)) + b"}"
+    status, body = call_app(app, deflated(padded, wbits), encoding)
+    assert status.startswith("200") and "viewer" in body["data"]
+    bomb = deflated(padded + b" " * (16 * 1024 * 1024), wbits)
+    assert len(bomb) < 64 * 1024
+    status, body = call_app(app, bomb, encoding)
+    assert status == "413 Payload Too Large"
+    assert body == {"errors": [{"message": "the body inflates to more than 65536 bytes"}]}
+    members = gzip.compress(b" " * 40_000) * 2 + gzip.compress(query)
+    assert call_app(app, members, "gzip")[0].startswith("413")
+    engine.dispose()
+    assert MAX_BODY_BYTES == 512 * 1024 * 1024  # the server's default, sent or inflated
+
+
+def test_a_truncated_gzip_body_is_400(served):
+    raw = gzip.compress(json.dumps({"query": "{ viewer { entity } }"}).encode())[:-8]
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    response = requests.post(served.graphql_url, data=raw, headers=headers, timeout=30)
+    assert (
+        response.status_code == 400 and "not valid JSON" in response.json()["errors"][0]["message"]
+    )
 
 
 def test_an_unknown_field_is_a_validation_error_with_null_data(served):
@@ -136,15 +190,28 @@ def test_a_large_response_arrives_whole(served):
     assert len(body["data"]["project"]["runs"]["edges"]) == body["data"]["project"]["runCount"]
 
 
+ACCESS_LINE = re.compile(r"\b(GET|POST) (\S+) (\d{3}|dropped) \d+\.\dms\b")
+
+
 def test_one_log_line_per_request_and_no_tracebacks_for_client_errors(served):
+    before = len(served.log())
     post(served, {"query": "query { viewer { id shoeSize } }"})
     variables = {**PROJECT_VARS, "filters": json.dumps({"summary.loss": 1})}
     post(served, {"query": RUNS, "variables": variables})
     requests.post(served.url + "/sdk/otel/v1/metrics", data=b"", timeout=30)
-    log = served.log()
-    assert "POST /graphql 400" in log
-    assert "POST /sdk/otel/v1/metrics 200" in log
-    assert "Traceback" not in log
+    requests.post(served.graphql_url, data=b"{nope", timeout=30)
+    requests.get(served.url + "/nothing", timeout=30)
+    lines = served.log()[before:].splitlines()
+    assert "Traceback" not in "\n".join(lines)
+    access = [m.group(1, 2, 3) for m in map(ACCESS_LINE.search, lines) if m]
+    assert len(lines) == len(access) == 5
+    assert access == [
+        ("POST", "/graphql", "200"),
+        ("POST", "/graphql", "400"),
+        ("POST", "/sdk/otel/v1/metrics", "200"),
+        ("POST", "/graphql", "400"),
+        ("GET", "/nothing", "404"),
+    ]
 
 
 def test_sigterm_stops_the_server_cleanly(served_db, tmp_path):
@@ -153,3 +220,37 @@ def test_sigterm_stops_the_server_cleanly(served_db, tmp_path):
     server.stop()
     assert server.proc is not None and server.proc.returncode == 0
     assert "Traceback" not in server.log() and "cannot listen" not in server.log()
+
+
+def refused(db: Any) -> str:
+    """Serve ``db``, expecting exit 1 with a one-line message and no traceback; the message."""
+    done = run_serve(["--db", str(db), "--port", str(free_port())])
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_serving_a_missing_database_exits_1_and_creates_nothing(tmp_path):
+    message = refused(tmp_path / "typo.db")
+    assert message.startswith("wandb-mirror serve: no mirror at ")
+    assert "typo.db" in message and "wandb-mirror init" in message
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_serving_a_database_without_the_schema_exits_1(tmp_path):
+    sqlite3.connect(tmp_path / "empty.db").close()
+    assert "no mirror at" in refused(tmp_path / "empty.db")
+
+
+def test_serving_an_old_schema_exits_1_without_upgrading(tmp_path):
+    db = seed_database(tmp_path / "old.db", runs=1, steps=1)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0000_older'")
+    conn.close()
+    message = refused(db)
+    assert "0000_older" in message and "wandb-mirror db upgrade" in message
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0000_older",)
+    conn.close()

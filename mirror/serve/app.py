@@ -7,7 +7,6 @@ error. Every other path is a small JSON 404. One INFO line per request, never a 
 
 from __future__ import annotations
 
-import gzip
 import logging
 import time
 import zlib
@@ -31,6 +30,10 @@ DROP_CONNECTION = "mirror.drop_connection"
 GRAPHQL_PATHS = frozenset({"/graphql", "/graphql/"})
 SIDE_CHANNEL_PREFIXES = ("/sdk/", "/analytics", "/telemetry")
 StartResponse = Callable[..., Any]
+#: the largest request body accepted, as sent and once inflated (gzip or deflate)
+MAX_BODY_BYTES = 512 * 1024 * 1024
+#: ``wbits`` for zlib: gzip framing, and zlib framing (HTTP's ``deflate``)
+_GZIP, _ZLIB = 31, 15
 
 _REASONS = {
     200: "OK",
@@ -58,7 +61,37 @@ class BadBody(ValueError):
     """A request body that is not JSON."""
 
 
-def _read_body(environ: dict[str, Any]) -> Any:
+class BodyTooLarge(Exception):
+    """A compressed request body that inflates beyond the size limit."""
+
+
+def _inflate(raw: bytes, wbits: int, limit: int) -> bytes:
+    """``raw`` decompressed, never holding more than ``limit`` + 1 bytes of output.
+
+    ``gzip.decompress`` and ``zlib.decompress`` inflate whatever they are given, so a few KB
+    can become gigabytes (a zip bomb). Gzip bodies may hold several members, as
+    ``gzip.decompress`` allows.
+    """
+    out = bytearray()
+    data = raw
+    while True:
+        inflater = zlib.decompressobj(wbits=wbits)
+        while not inflater.eof:
+            chunk = inflater.decompress(data, limit + 1 - len(out))
+            out += chunk
+            if len(out) > limit:
+                raise BodyTooLarge(f"the body inflates to more than {limit} bytes")
+            data = inflater.unconsumed_tail
+            if not data and not chunk:
+                break
+        if not inflater.eof:
+            raise zlib.error("incomplete or truncated stream")
+        data = inflater.unused_data.lstrip(b"\0")  # gzip allows zero padding between members
+        if wbits != _GZIP or not data:
+            return bytes(out)
+
+
+def _read_body(environ: dict[str, Any], limit: int = MAX_BODY_BYTES) -> Any:
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
@@ -67,9 +100,9 @@ def _read_body(environ: dict[str, Any]) -> Any:
     encoding = (environ.get("HTTP_CONTENT_ENCODING") or "").lower()
     try:
         if encoding == "gzip":
-            raw = gzip.decompress(raw)
+            raw = _inflate(raw, _GZIP, limit)
         elif encoding == "deflate":
-            raw = zlib.decompress(raw)
+            raw = _inflate(raw, _ZLIB, limit)
         return loads(raw.decode("utf-8"))
     except (OSError, zlib.error, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BadBody(f"the body is not valid JSON: {exc}") from None
@@ -78,9 +111,16 @@ def _read_body(environ: dict[str, Any]) -> Any:
 class MirrorApp:
     """W&B's GraphQL endpoint over a mirror database."""
 
-    def __init__(self, engine: Engine, keys: KeyChecker, faults: FaultConfig | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        keys: KeyChecker,
+        faults: FaultConfig | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
         self.engine = engine
         self.keys = keys
+        self.max_body_bytes = max_body_bytes
         self.faults = FaultInjector(faults or FaultConfig())
         self.chunks = ChunkCache()
 
@@ -135,9 +175,12 @@ class MirrorApp:
         if decision.delay_s:
             time.sleep(decision.delay_s)
         try:
-            payload = _read_body(environ)
+            payload = _read_body(environ, self.max_body_bytes)
         except BadBody as exc:
             status, base, body = _error(400, str(exc))
+            return status, base + headers, body, ""
+        except BodyTooLarge as exc:
+            status, base, body = _error(413, str(exc))
             return status, base + headers, body, ""
         outcome = self._execute(payload)
         headers = [("Content-Type", "application/json"), *headers]

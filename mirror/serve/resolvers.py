@@ -22,9 +22,9 @@ from mirror.serve.errors import HttpError, RequestError
 from mirror.serve.jsonout import RawJSON
 from mirror.serve.paging import encode_cursor, start_after
 from mirror.store.fields import dumps, loads
+from mirror.store.history import history_keys_of
 from mirror.store.models import NODE_COLUMNS, projects, runs
 from mirror.store.read import find_project, find_run, iter_rows
-from mirror.store.history import history_keys_of
 
 DEFAULT_PAGE_SIZE = 50
 Resolver = Callable[..., Any]

@@ -19,8 +19,8 @@ from waitress.channel import HTTPChannel
 from waitress.server import create_server
 from waitress.task import WSGITask
 
-from mirror.errors import ConfigError
-from mirror.serve.app import DROP_CONNECTION, MirrorApp
+from mirror.errors import ConfigError, MirrorError
+from mirror.serve.app import DROP_CONNECTION, MAX_BODY_BYTES, MirrorApp
 from mirror.serve.auth import KEYS_ENV, KeyChecker, configured_keys, is_loopback
 from mirror.serve.faults import OPTIONS, FaultConfig, env_name, from_env
 from mirror.store import migrate
@@ -28,7 +28,6 @@ from mirror.store.engine import make_engine
 
 log = logging.getLogger("mirror.serve")
 
-MAX_BODY_BYTES = 512 * 1024 * 1024
 USAGE_ERROR = 2
 
 
@@ -83,15 +82,21 @@ def serve(
 ) -> None:
     """Serve the mirror at ``http://host:port/graphql`` until interrupted (SIGINT or SIGTERM).
 
-    Raises ``ConfigError`` when asked to listen beyond loopback without an API key.
+    Raises ``ConfigError`` when asked to listen beyond loopback without an API key, and
+    ``MirrorError`` when ``database`` is not a mirror at the current schema: the server neither
+    creates nor upgrades a database (``wandb-mirror init`` / ``wandb-mirror db upgrade`` do).
     """
     keys = KeyChecker(api_keys)
     if not keys.required and not is_loopback(host):
         raise ConfigError(
             f"refusing to listen on {host} without an API key (pass --api-key or set {KEYS_ENV})"
         )
-    engine = make_engine(database)
-    migrate.upgrade(engine)
+    engine = make_engine(database, create=False, pool_size=threads)
+    try:
+        migrate.require_current(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     faults = faults or FaultConfig()
     server = make_server(MirrorApp(engine, keys, faults), host, port, threads)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -195,6 +200,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"wandb-mirror serve: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    except MirrorError as exc:
+        print(f"wandb-mirror serve: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(
             f"wandb-mirror serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
