@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +31,23 @@ def _database(args: argparse.Namespace) -> str | None:
     return args.db or _settings(args).database
 
 
-def _open(args: argparse.Namespace, create: bool = False) -> Engine:
+def _open(args: argparse.Namespace, create: bool = False, check: bool = True) -> Engine:
     """The mirror's engine; readers insist on a database at the version this code expects."""
-    engine = make_engine(_database(args))
-    if create:
-        return engine
-    current = migrate.current_revision(engine)
-    head = migrate.head_revision()
-    if current is None:
-        raise MirrorError(f"no mirror at {engine.url}; create one with `wandb-mirror init`")
-    if current != head:
-        raise MirrorError(
-            f"the mirror at {engine.url} is at schema {current}, this wandb-mirror needs {head}; "
-            "run `wandb-mirror db upgrade`"
-        )
+    engine = make_engine(_database(args), create=create)
+    if check and not create:
+        migrate.require_current(engine)
     return engine
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number, zero or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return value
 
 
 def _progress(total: int, label: str) -> Any:
@@ -73,18 +76,17 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    engine = _open(args, create=True)
     if args.db_command == "upgrade":
         return cmd_init(args)
+    engine = _open(args, check=False)
+    current = migrate.current_revision(engine)
+    head = migrate.head_revision()
     if args.db_command == "current":
-        current = migrate.current_revision(engine)
-        head = migrate.head_revision()
         state = "up to date" if current == head else f"behind: latest is {head}"
         print(f"{current or 'empty'} ({state})")
         return 0
     differences = migrate.schema_differences(engine)
-    current = migrate.current_revision(engine)
-    if current != migrate.head_revision() or differences:
+    if current != head or differences:
         for difference in differences:
             print(f"differs: {difference}")
         print(
@@ -132,7 +134,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from mirror.query.api import Api
 
     engine = _open(args)
-    api = Api(database=str(engine.url), overrides={"entity": _settings(args).entity})
+    api = Api(database=engine, overrides={"entity": _settings(args).entity})
     runs = api.runs(args.path, _parse_filter_arg(args.filter), order=args.order, per_page=500)
     selected = runs[: args.limit] if args.limit is not None else list(runs)
     if args.format == "json":
@@ -168,7 +170,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     from mirror.query.api import Api
 
     engine = _open(args)
-    api = Api(database=str(engine.url), overrides={"entity": _settings(args).entity})
+    api = Api(database=engine, overrides={"entity": _settings(args).entity})
     run = api.run(args.path)
     keys = [k for k in args.keys.split(",") if k] if args.keys else None
     rows = run.history(
@@ -179,23 +181,26 @@ def cmd_history(args: argparse.Namespace) -> int:
         min_step=args.min_step,
         max_step=args.max_step,
     )
-    if args.format == "json":
-        write_jsonl(rows, sys.stdout)
-    elif args.format == "parquet":
+    if args.format == "parquet":
         if args.out is None and sys.stdout.isatty():
             raise MirrorError("parquet is binary: give --out FILE or redirect the output")
-        with open(args.out, "wb") if args.out else _stdout_bytes() as out:
+        with _output(args.out, binary=True) as out:
             write_parquet(rows, out)
-    else:
-        header = list(dict.fromkeys(k for row in rows for k in row))
-        write_csv(([row.get(k) for k in header] for row in rows), header, sys.stdout)
+        return 0
+    with _output(args.out, binary=False) as out:
+        if args.format == "json":
+            write_jsonl(rows, out)
+        else:
+            header = list(dict.fromkeys(k for row in rows for k in row))
+            write_csv(([row.get(k) for k in header] for row in rows), header, out)
     return 0
 
 
-def _stdout_bytes() -> Any:
-    from contextlib import nullcontext
-
-    return nullcontext(sys.stdout.buffer)
+def _output(path: str | None, binary: bool) -> Any:
+    """The file named by --out (created or replaced), else standard output."""
+    if path is None:
+        return nullcontext(sys.stdout.buffer if binary else sys.stdout)
+    return open(path, "wb") if binary else open(path, "w", encoding="utf-8", newline="")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -222,6 +227,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     args.db = _database(args)
+    args.host = args.host or settings.serve.host
+    args.port = settings.serve.port if args.port is None else args.port
     args.api_key = list(args.api_key or []) + list(settings.serve.api_keys)
     _open(args).dispose()
     return run_from_args(args) or 0
@@ -252,16 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     seed = sub.add_parser("seed", help="write a synthetic project (the stand-in for W&B)")
     seed.add_argument("path", metavar="ENTITY/PROJECT")
-    seed.add_argument("--runs", type=int, default=100)
-    seed.add_argument("--steps", type=int, default=100)
-    seed.add_argument("--seed", type=int, default=0)
+    seed.add_argument("--runs", type=_count, default=100)
+    seed.add_argument("--steps", type=_count, default=100)
+    seed.add_argument("--seed", type=_count, default=0)
     seed.set_defaults(fn=cmd_seed)
 
     runs = sub.add_parser("runs", help="list runs matching a MongoDB filter, offline")
     runs.add_argument("path", metavar="ENTITY/PROJECT")
     runs.add_argument("--filter", help='MongoDB filter as JSON, e.g. \'{"state": "finished"}\'')
     runs.add_argument("--order", default="-created_at", help="e.g. -summary_metrics.val_acc")
-    runs.add_argument("--limit", type=int)
+    runs.add_argument("--limit", type=_count)
     runs.add_argument("--columns", help="extra columns, e.g. config.lr,summary.loss")
     runs.add_argument("--format", choices=["table", "json", "csv"], default="table")
     runs.set_defaults(fn=cmd_runs)
@@ -269,12 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", help="a run's history rows, offline")
     history.add_argument("path", metavar="ENTITY/PROJECT/RUN")
     history.add_argument("--keys", help="comma-separated keys; rows holding any of them")
-    history.add_argument("--min-step", type=int)
-    history.add_argument("--max-step", type=int, help="exclusive")
-    history.add_argument("--samples", type=int, help="an even sample keeping first and last")
+    history.add_argument("--min-step", type=_count)
+    history.add_argument("--max-step", type=_count, help="exclusive")
+    history.add_argument("--samples", type=_count, help="an even sample keeping first and last")
     history.add_argument("--stream", choices=["default", "system"], default="default")
     history.add_argument("--format", choices=["csv", "json", "parquet"], default="csv")
-    history.add_argument("--out", help="file to write (needed for parquet on a terminal)")
+    history.add_argument("--out", help="file to write instead of standard output")
     history.set_defaults(fn=cmd_history)
 
     export = sub.add_parser("export", help="write a project to files")
@@ -294,11 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     for action in serve._actions:
         if action.dest == "db":  # the top-level --db must survive the subcommand's own
             action.default = argparse.SUPPRESS
+        if action.dest in ("host", "port"):  # unset: the config file's [serve] decides
+            action.default = None
     serve.set_defaults(fn=cmd_serve)
 
     demo = sub.add_parser("demo", help="seed a synthetic project and query it offline")
-    demo.add_argument("--runs", type=int, default=300)
-    demo.add_argument("--steps", type=int, default=500)
+    demo.add_argument("--runs", type=_count, default=300)
+    demo.add_argument("--steps", type=_count, default=500)
     demo.set_defaults(fn=cmd_demo)
     return parser
 
@@ -318,6 +327,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        print(
+            f"wandb-mirror: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("wandb-mirror: interrupted", file=sys.stderr)
         return 130

@@ -32,7 +32,7 @@ class ServeSettings:
 
     host: str = "127.0.0.1"
     port: int = 8080
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,8 @@ def _check(table: dict[str, Any], known: dict[str, type], where: str, path: Path
             raise ConfigError(
                 f"{path}: {where}{key} must be {_TYPE_NAMES[expected]}, not {value!r}"
             )
+        if expected is list and not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{path}: {where}{key} must be a list of strings")
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:

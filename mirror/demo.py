@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
+from mirror.errors import MirrorError
 from mirror.query.api import Api
 from mirror.store import migrate
 from mirror.store.engine import make_engine
@@ -17,6 +18,8 @@ RUNS, STEPS = 300, 500
 
 def run_demo(database: str | None, out: TextIO, runs: int = RUNS, steps: int = STEPS) -> int:
     """Seed ``demo/synthetic`` unless it is already there, then run a few offline queries."""
+    if runs < 1:
+        raise MirrorError("the demo needs at least one run (--runs 1 or more)")
     engine = make_engine(database)
     migrate.upgrade(engine)
     with engine.connect() as conn:
@@ -27,7 +30,7 @@ def run_demo(database: str | None, out: TextIO, runs: int = RUNS, steps: int = S
         took = time.perf_counter() - started
         out.write(f"seeded {ENTITY}/{PROJECT}: {runs} runs x {steps} steps in {took:.1f}s\n")
     out.write(f"mirror: {engine.url}\n\n")
-    api = Api(database=str(engine.url))
+    api = Api(database=engine)
     path = f"{ENTITY}/{PROJECT}"
 
     def timed(label: str, fn):  # noqa: ANN001, ANN202 - local helper
@@ -48,7 +51,7 @@ def run_demo(database: str | None, out: TextIO, runs: int = RUNS, steps: int = S
     for run in best:
         experiment = run.config.get("experiment_name")
         out.write(
-            f"  {run.id}  {run.name:<20} {experiment:<18} eval/acc={run.summary['eval/acc']}\n"
+            f"  {run.id}  {run.name:<20} {experiment:<18} eval/acc={run.summary.get('eval/acc')}\n"
         )
 
     query = {
@@ -61,13 +64,11 @@ def run_demo(database: str | None, out: TextIO, runs: int = RUNS, steps: int = S
 
     run = best[0] if best else api.runs(path)[0]
     frame = timed(f"history of {run.id} (every row, no sampling):", lambda: run.history())
-    out.write(
-        f"  {len(frame)} rows x {len(frame.columns)} keys; last loss {frame['loss'].iloc[-1]}\n"
-    )
+    out.write(f"  {len(frame)} rows x {len(frame.columns)} keys\n")
     evals = run.history(keys=["eval/acc"], pandas=False)
-    out.write(
-        f"  sparse key eval/acc: {len(evals)} rows (steps {evals[0]['_step']}..{evals[-1]['_step']})\n"
-    )
+    if evals:
+        first, last = evals[0]["_step"], evals[-1]["_step"]
+        out.write(f"  sparse key eval/acc: {len(evals)} rows (steps {first}..{last})\n")
     out.write(
         f'\nnext: wandb-mirror runs {path} --filter \'{{"state": "crashed"}}\' --limit 5\n'
         f"      wandb-mirror history {path}/{run.id} --keys loss --max-step 10\n"

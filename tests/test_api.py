@@ -59,17 +59,10 @@ def api(engine, db_path: Path) -> Api:
 def test_runs_default_order_is_newest_first_with_deterministic_ties(api: Api):
     runs = api.runs("ent/proj")
     assert len(runs) == RUNS
-    names = [r.id for r in runs]
-    expected = sorted(
-        (_node(i) for i in range(RUNS)), key=lambda n: (n["createdAt"], n["name"]), reverse=True
-    )
-    by_time = [n["name"] for n in expected]
-    assert sorted(names) == sorted(by_time)
-    created = [r.created_at for r in runs]
-    assert created == sorted(created, reverse=True)
-    for a, b in zip(runs, list(runs)[1:], strict=False):
-        if a.created_at == b.created_at:
-            assert a.id < b.id
+    by_name = sorted((_node(i) for i in range(RUNS)), key=lambda n: n["name"])
+    newest_first = sorted(by_name, key=lambda n: n["createdAt"], reverse=True)  # stable: ties by id
+    assert [r.id for r in runs] == [n["name"] for n in newest_first]
+    assert runs[1].created_at == runs[2].created_at and runs[1].id < runs[2].id
 
 
 def test_runs_filter_order_and_paging(api: Api):

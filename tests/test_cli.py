@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import subprocess
 import sys
@@ -39,7 +38,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_init_current_check(tmp_path: Path, capsys):
     db = str(tmp_path / "m.db")
     assert main(["--db", db, "db", "check"]) == 1
-    assert "run `wandb-mirror db upgrade`" in capsys.readouterr().out
+    assert "no mirror at" in capsys.readouterr().err
+    assert not Path(db).exists()  # a check creates nothing
     assert main(["--db", db, "init"]) == 0
     assert main(["--db", db, "db", "current"]) == 0
     assert "(up to date)" in capsys.readouterr().out
@@ -86,7 +86,7 @@ def test_history_formats(seeded: Path, tmp_path: Path, capsys):
     assert main(["--db", str(seeded), "history", path, "--keys", "loss"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert set(rows[0]) == {"loss", "_step"}
-    assert all(not math.isnan(float(r["loss"])) for r in rows if r["loss"])
+    assert len(rows) == sum(1 for r in run.history(pandas=False) if "loss" in r)
 
 
 @pytest.mark.parametrize(

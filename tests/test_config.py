@@ -49,6 +49,7 @@ def test_environment_wins_over_the_file(tmp_path: Path, monkeypatch):
         ("[serve]\nport = 'eighty'\n", "serve.port must be an integer"),
         ("[serve]\nport = true\n", "serve.port must be an integer"),
         ("projects = 'one'\n", "projects must be a list"),
+        ("[serve]\napi_keys = [1]\n", "serve.api_keys must be a list of strings"),
     ],
 )
 def test_broken_files_name_the_problem(tmp_path: Path, body: str, message: str):
@@ -63,3 +64,11 @@ def test_broken_files_name_the_problem(tmp_path: Path, body: str, message: str):
 def test_a_named_file_must_exist(tmp_path: Path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_keys_never_show_in_a_repr(tmp_path: Path):
+    file = tmp_path / "c.toml"
+    file.write_text('[serve]\napi_keys = ["sekret-key-123"]\n')
+    settings = load_settings(file)
+    assert settings.serve.api_keys == ("sekret-key-123",)
+    assert "sekret" not in repr(settings)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import func, inspect, select
 
 from mirror.errors import MirrorError
 from mirror.store import history as codec
@@ -40,6 +40,23 @@ def node(name: str, **extra):
 def test_models_and_migrations_agree(engine):
     assert migrate.current_revision(engine) == migrate.head_revision()
     assert migrate.schema_differences(engine) == []
+
+
+def test_upgrading_a_mirror_with_data_snapshots_it_first(tmp_path: Path):
+    engine = make_engine(tmp_path / "old.db")
+    assert migrate.upgrade(engine, "0001") is None  # an empty database needs no snapshot
+    with write_transaction(engine) as conn:
+        upsert_runs(conn, "e", "p", [node("r1")])
+    snapshot = migrate.upgrade(engine)
+    assert snapshot is not None and snapshot.parent == tmp_path / "snapshots"
+    assert migrate.current_revision(engine) == migrate.head_revision() != "0001"
+    assert migrate.schema_differences(engine) == []
+    with read_transaction(engine) as conn:
+        assert conn.execute(select(runs.c.name)).scalars().all() == ["r1"]
+    old = make_engine(snapshot, create=False)
+    assert migrate.current_revision(old) == "0001"
+    with read_transaction(old) as conn:
+        assert conn.execute(select(runs.c.name)).scalars().all() == ["r1"]
 
 
 def test_a_foreign_database_is_refused_untouched(tmp_path: Path):
@@ -100,6 +117,15 @@ def test_upsert_keeps_row_ids_and_reindexes(engine):
             select(run_fields.c.txt).where(run_fields.c.run_id == row["id"], run_fields.c.elem == 1)
         ).scalars()
         assert sorted(t for t in tag_rows if t in ("a", "b", "c")) == ["b", "c"]
+
+
+def test_a_page_naming_a_run_twice_writes_it_once_and_revives_tombstones(engine):
+    with write_transaction(engine) as conn:
+        ids = upsert_runs(conn, "e", "p", [node("r1"), node("r1", state="crashed")])
+        conn.execute(runs.update().values(deleted_at="2024-01-02T00:00:00"))
+        assert upsert_runs(conn, "e", "p", [node("r1")]) == ids
+        row = conn.execute(select(runs)).mappings().one()
+        assert row["deleted_at"] is None and row["state"] == "finished"
 
 
 def test_flatten_reaches_dotted_keys_arrays_and_nan():
@@ -192,34 +218,3 @@ def test_storage_id_is_w_and_b_form():
     import base64
 
     assert base64.b64decode(storage_id("ent", "proj", "abc123")) == b"Run:v1:abc123:proj:ent"
-
-
-def test_values_are_bound_not_formatted(engine):
-    evil = "x'); DROP TABLE runs; --"
-    with write_transaction(engine) as conn:
-        upsert_runs(conn, "e", "p", [node(evil, displayName=evil)])
-    with read_transaction(engine) as conn:
-        assert conn.execute(text("SELECT name FROM runs")).scalar() == evil
-
-
-def test_repeated_or_backward_steps_within_one_append_are_dropped(engine):
-    with write_transaction(engine) as conn:
-        run_id = upsert_runs(conn, "e", "p", [node("r1")])["r1"]
-        rows = [{"_step": 5, "a": 1}, {"_step": 5, "a": 2}, {"_step": 3, "a": 3}, {"_step": 6}]
-        assert append_history(conn, run_id, rows) == 2
-        assert list(iter_rows(conn, run_id, min_step=5, max_step=6)) == [{"_step": 5, "a": 1}]
-        spans = conn.execute(select(history_chunks.c.first_step, history_chunks.c.last_step))
-        assert list(spans) == [(5, 6)]
-
-
-def test_rows_without_step_are_numbered_alike_when_written_and_read(engine, db_path):
-    from mirror import Api
-
-    rows = [{"_step": 0, "x": 0}, {"_step": 10, "x": 1}, {"x": 2}, {"_step": 11, "x": 3}]
-    with write_transaction(engine) as conn:
-        run_id = upsert_runs(conn, "e", "p", [node("r1")])["r1"]
-        assert append_history(conn, run_id, rows) == 3  # {"x": 2} is step 11: the later 11 repeats
-        assert [r["x"] for r in iter_rows(conn, run_id, min_step=11)] == [2]
-    run = Api(database=str(db_path)).run("e/p/r1")
-    assert run.history(pandas=False, min_step=11) == [{"x": 2}]
-    assert run.history(min_step=11)["x"].tolist() == [2]

@@ -61,7 +61,6 @@ def upgrade() -> None:
         sa.Column("config", sa.Text(), nullable=False),
         sa.Column("summary_metrics", sa.Text(), nullable=False),
         sa.Column("system_metrics", sa.Text(), nullable=False),
-        sa.Column("content_hash", sa.String(length=64), nullable=True),
         sa.Column("synced_at", sa.String(length=32), nullable=True),
         sa.Column("deleted_at", sa.String(length=32), nullable=True),
         sa.ForeignKeyConstraint(

@@ -42,35 +42,40 @@ class Api:
 
     def __init__(
         self,
-        database: str | os.PathLike[str] | None = None,
+        database: str | os.PathLike[str] | Engine | None = None,
         overrides: dict[str, Any] | None = None,
         timeout: float | None = None,
         api_key: str | None = None,
     ) -> None:
         del timeout, api_key  # accepted for wandb.Api compatibility; offline needs neither
         self._database = database
-        self._engine: Engine | None = None
+        self._engine: Engine | None = database if isinstance(database, Engine) else None
+        self._checked = False
         self.default_entity = (overrides or {}).get("entity") or os.environ.get("WANDB_ENTITY")
         self._runs_cache: dict[tuple[Any, ...], Runs] = {}
         self._run_cache: dict[str, Run] = {}
 
     @property
     def engine(self) -> Engine:
-        """The database engine, opened and checked on first use."""
-        if self._engine is None:
+        """The database engine, opened (never created) and checked on first use."""
+        if not self._checked:
             try:
-                engine = make_engine(self._database)
-                current = migrate.current_revision(engine)
+                if self._engine is None:
+                    self._engine = make_engine(self._database, create=False)  # type: ignore[arg-type]
+                migrate.require_current(self._engine)
+            except MirrorError as exc:
+                raise CommError(str(exc), exc) from exc
             except (SQLAlchemyError, OSError) as exc:
                 raise CommError(f"cannot open the mirror database: {exc}", exc) from exc
-            if current is None:
-                engine.dispose()
-                raise CommError(
-                    f"the mirror database at {engine.url} is empty; "
-                    "run `wandb-mirror init` or `wandb-mirror sync` first"
-                )
-            self._engine = engine
-        return self._engine
+            self._checked = True
+        return self._engine  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Release the database connections (an engine passed in stays open)."""
+        if self._engine is not None and not isinstance(self._database, Engine):
+            self._engine.dispose()
+            self._engine = None
+            self._checked = False
 
     def _connect(self) -> Connection:
         try:

@@ -15,6 +15,8 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from mirror.errors import MirrorError
+
 BUSY_TIMEOUT_MS = 30_000
 _WRITE = "mirror_write"
 
@@ -43,21 +45,48 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def make_engine(database: str | os.PathLike[str] | None = None) -> Engine:
-    """An engine for the mirror; SQLite files get their directory, WAL and a busy timeout."""
+def make_engine(
+    database: str | os.PathLike[str] | None = None, create: bool = True, pool_size: int = 5
+) -> Engine:
+    """An engine for the mirror, with a busy timeout on SQLite.
+
+    A writer (the default) makes the file's directory and switches the file to WAL, which then
+    persists; a reader (``create=False``) leaves a missing or foreign file alone, so pointing a
+    read command at the wrong path creates nothing. ``pool_size`` is the number of connections kept
+    for concurrent users (the server passes its thread count).
+    """
     url = database_url(database)
     path = sqlite_path(url)
-    if path is None:
-        return create_engine(url, pool_pre_ping=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    try:
+        if path is None:
+            return create_engine(url, pool_pre_ping=True, pool_size=pool_size)
+    except ImportError as exc:
+        raise MirrorError(
+            f"the driver for {make_url(url).drivername} is not installed: {exc}"
+        ) from None
+    if path.is_dir():
+        raise MirrorError(f"{path} is a directory; give the path of a database file")
+    if create:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MirrorError(f"cannot create the directory for {path}: {exc}") from None
+    elif not path.exists():
+        raise MirrorError(f"no mirror at {path}; create one with `wandb-mirror init`")
+    engine = create_engine(
+        url,
+        connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
+        pool_size=pool_size,
+        max_overflow=pool_size,
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None  # SQLAlchemy, not the driver, decides when to BEGIN
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        if create:
+            cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()

@@ -79,11 +79,10 @@ runs = Table(
     Column("config", Text, nullable=False, default="{}"),  # raw JSON text, values wrapped
     Column("summary_metrics", Text, nullable=False, default="{}"),
     Column("system_metrics", Text, nullable=False, default="{}"),
-    Column("content_hash", String(64)),  # of the metadata as last seen remotely
     Column("synced_at", String(32)),
     Column("deleted_at", String(32)),  # tombstone: deleted remotely, kept locally
     UniqueConstraint("project_id", "name"),
-    Index(None, "project_id", "created_at", "name"),
+    Index(None, "project_id", "deleted_at", "created_at", "name"),
     Index(None, "project_id", "display_name"),
 )
 
@@ -133,8 +132,8 @@ run_fields = Table(
     Column("kind", SmallInteger, nullable=False),  # mirror.store.fields.Kind
     Column("num", Float),
     Column("txt", Text),
-    Index(None, "key_id", "kind", "num"),
-    Index(None, "key_id", "kind", "txt"),
+    Index(None, "key_id", "kind", "num", "run_id"),  # covering: a filter never reads the table
+    Index(None, "key_id", "kind", "txt", "run_id"),
     Index(None, "run_id", "key_id"),
 )
 

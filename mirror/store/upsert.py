@@ -9,7 +9,6 @@ re-insert a run: its row id, and so its history and queued edits, survive every 
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -76,14 +75,6 @@ def run_columns(entity: str, project: str, node: dict[str, Any]) -> dict[str, An
     return cols
 
 
-def content_hash(cols: dict[str, Any]) -> str:
-    """A digest of what a user can change about a run, to spot edits made elsewhere."""
-    keys = ("display_name", "state", "tags", "group_name", "job_type", "notes", "description")
-    keys += ("config", "summary_metrics")
-    text = "\x1f".join(str(cols.get(k)) for k in keys)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 class FieldKeys:
     """Ids of a project's field paths, loaded once and extended as new paths appear."""
 
@@ -113,9 +104,12 @@ def upsert_runs(
     """Insert or update runs from W&B nodes, re-index them; returns run name → row id.
 
     Batched: one round of inserts for new runs and one for their index rows, so seeding or
-    pulling a page of runs costs a few statements, not one per field.
+    pulling a page of runs costs a few statements, not one per field. A run named twice (W&B
+    repeats runs across pages) is written once, from its last node; a run seen again is live,
+    so a tombstone left by an earlier deletion is cleared.
     """
     project_id = ensure_project(conn, entity, project)
+    nodes = list({node["name"]: node for node in nodes}.values())
     names = [n["name"] for n in nodes]
     existing: dict[str, int] = {}
     for start in range(0, len(names), 500):
@@ -131,13 +125,13 @@ def upsert_runs(
     fresh: list[dict[str, Any]] = []
     for node in nodes:
         cols = run_columns(entity, project, node)
-        cols["synced_at"] = now
+        cols.update(synced_at=now, deleted_at=None)
         if cols["name"] in existing:
             run_id = existing[cols["name"]]
             conn.execute(update(runs).where(runs.c.id == run_id).values(**cols))
         else:
             cols.setdefault("created_at", now)
-            cols.update(project_id=project_id, deleted_at=None)
+            cols["project_id"] = project_id
             fresh.append(cols)
     if fresh:
         _fill_defaults(fresh)
