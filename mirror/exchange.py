@@ -23,7 +23,6 @@ unimported.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +37,8 @@ from sqlalchemy import Connection, Engine, RowMapping, select
 
 from mirror.errors import MirrorError
 from mirror.store.engine import read_transaction, write_transaction
-from mirror.store.fields import HIDDEN_CONFIG_KEYS, dumps, loads, unwrap_config
-from mirror.store.history import Chunk
+from mirror.store.fields import dumps, loads, unwrap_config
+from mirror.store.history import Chunk, step_of
 from mirror.store.models import NODE_COLUMNS, NODE_JSON_COLUMNS, runs
 from mirror.store.read import find_project, iter_chunks, iter_rows
 from mirror.store.upsert import append_history, last_step, upsert_runs
@@ -240,7 +239,7 @@ def flat_run(line: dict[str, Any]) -> dict[str, Any]:
     """
     record = {k: v for k, v in line.items() if k not in ("config", "summaryMetrics")}
     config = unwrap_config(line["config"] or {})
-    record.update({f"config.{k}": v for k, v in config.items() if k not in HIDDEN_CONFIG_KEYS})
+    record.update({f"config.{k}": v for k, v in config.items()})
     record.update({f"summary.{k}": v for k, v in (line["summaryMetrics"] or {}).items()})
     return record
 
@@ -480,23 +479,17 @@ def _check_rows_file(path: Path, label: str) -> None:
     ordinal = 0
     previous: int | None = None
     for number, row in _parsed_lines(path, label):
-        step = row.get("_step", ordinal)
-        if "_step" in row and (isinstance(step, bool) or not _whole_number(step)):
+        step = step_of(row, ordinal)  # the store's rule; it falls back on anything not whole
+        given = row.get("_step", step)
+        if isinstance(given, bool) or given != step:
             raise MirrorError(
-                f"{label}:{number}: expected '_step' to be a whole number, got {step!r}"
+                f"{label}:{number}: expected '_step' to be a whole number, got {given!r}"
             )
-        step = int(step)
         if previous is not None and step <= previous:
             raise MirrorError(
                 f"{label}:{number}: _step {step} is not after the previous {previous}"
             )
         previous, ordinal = step, step + 1
-
-
-def _whole_number(value: Any) -> bool:
-    if isinstance(value, int):
-        return True
-    return isinstance(value, float) and math.isfinite(value) and value.is_integer()
 
 
 def _import_rows(conn: Connection, run_id: int, path: Path, stream: str, label: str) -> int:

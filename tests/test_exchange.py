@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pandas as pd
 import pytest
@@ -172,20 +173,69 @@ def test_bad_run_line_names_file_and_line_and_imports_nothing(
     assert _row_count(target) == (0, 0)
 
 
+def _stream_counts(engine) -> dict[tuple[str, str], int]:
+    """``(stream, run name) → rows stored``, for every run."""
+    with read_transaction(engine) as conn:
+        found = conn.execute(select(runs.c.name, runs.c.id)).all()
+        return {
+            (stream, name): sum(1 for _ in iter_rows(conn, run_id, stream))
+            for name, run_id in found
+            for stream in ("history", "events")
+        }
+
+
 def test_bad_history_line_leaves_that_file_unimported(source, target, tmp_path: Path) -> None:
+    """The runs file is one transaction and each rows file its own, in order (history, then
+    events, each sorted by file name): a bad file keeps every run and every file before it,
+    imports nothing of itself, and stops the import. Importing again once fixed completes it."""
     out = tmp_path / "out"
     export_project(source, ENTITY, PROJECT, "jsonl", out)
+    files = [f"history/{p.name}" for p in sorted((out / "history").glob("*.jsonl"))]
+    files += [f"events/{p.name}" for p in sorted((out / "events").glob("*.jsonl"))]
+    bad = files.index("history/odd%2Frun.jsonl")
+    assert 0 < bad < len(files) - 1
     path = out / "history" / "odd%2Frun.jsonl"
-    path.write_text(path.read_text() + '{"_step": 4, "x": 1}\n')
+    good_text = path.read_text()
+    path.write_text(good_text + '{"_step": 4, "x": 1}\n')
     with pytest.raises(MirrorError, match=r"^history/odd%2Frun\.jsonl:3: _step 4 is not after"):
         import_dir(target, out)
-    with read_transaction(target) as conn:
-        run_id = conn.execute(select(runs.c.id).where(runs.c.name == "odd/run")).scalar_one()
-        assert list(iter_rows(conn, run_id)) == []
+
+    full = _stream_counts(source)
+    got = _stream_counts(target)
+    assert _row_count(target)[0] == 15  # the runs file was committed whole
+    for i, label in enumerate(files):
+        stream, name = label.split("/")[0], unquote(Path(label).stem)
+        assert full[stream, name] > 0
+        assert got[stream, name] == (full[stream, name] if i < bad else 0), label
+
+    path.write_text(good_text)
+    import_dir(target, out)
+    assert _stream_counts(target) == full
 
     path.write_text('{"_step": 3}\n[1, 2]\n')
     with pytest.raises(MirrorError, match=r"^history/odd%2Frun\.jsonl:2: expected a JSON object"):
         import_dir(target, out)
+
+
+@pytest.mark.parametrize("step", ["2.5", "true", '"7"', "NaN", "Infinity", "null", "[1]"])
+def test_a_step_that_is_not_a_whole_number_is_refused(source, target, tmp_path, step) -> None:
+    out = tmp_path / "out"
+    export_project(source, ENTITY, PROJECT, "jsonl", out)
+    path = out / "history" / "odd%2Frun.jsonl"
+    path.write_text(path.read_text() + f'{{"_step": {step}, "x": 1}}\n')
+    with pytest.raises(MirrorError, match=r"odd%2Frun\.jsonl:3: expected '_step' to be a whole"):
+        import_dir(target, out)
+
+
+def test_a_whole_float_step_is_accepted(source, target, tmp_path) -> None:
+    out = tmp_path / "out"
+    export_project(source, ENTITY, PROJECT, "jsonl", out)
+    path = out / "history" / "odd%2Frun.jsonl"
+    path.write_text(path.read_text() + '{"_step": 12.0, "x": 1}\n')
+    import_dir(target, out)
+    with read_transaction(target) as conn:
+        run_id = conn.execute(select(runs.c.id).where(runs.c.name == "odd/run")).scalar_one()
+        assert [r["_step"] for r in iter_rows(conn, run_id)] == [3, 9, 12]
 
 
 def test_history_file_for_an_unknown_run_is_refused(source, target, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,15 @@ from graphql import build_schema, parse, validate
 from server_process import DATA, ENTITY, PROJECT, SDK_PROJECT, SDK_RUN
 from sqlalchemy import select
 
+from mirror.serve.chunk_cache import ChunkCache
+from mirror.serve.history import DEFAULT_SAMPLES, stream_rows
 from mirror.serve.schema import sdl
-from mirror.store.engine import make_engine, read_transaction
+from mirror.store.engine import make_engine, read_transaction, write_transaction
 from mirror.store.fields import loads
 from mirror.store.history import step_of
 from mirror.store.models import runs
 from mirror.store.read import find_project, find_run, iter_rows
+from mirror.store.upsert import append_history, upsert_runs
 
 DOCS = sorted((DATA / "sdk-queries").glob("*.graphql"))
 
@@ -265,14 +269,48 @@ def test_a_history_page_smaller_than_its_window_samples_evenly_keeping_the_ends(
     assert again == page
 
 
+def test_history_without_samples_is_capped_at_500_with_or_without_a_window(engine):
+    with write_transaction(engine) as conn:
+        run_id = upsert_runs(conn, ENTITY, "capped", [{"name": "long0001"}])["long0001"]
+        append_history(conn, run_id, [{"_step": i, "x": i} for i in range(1200)])
+    cache = ChunkCache()
+    with read_transaction(engine) as conn:
+        for lo, hi, first, last in [
+            (None, None, 0, 1199),
+            (0, 10**9, 0, 1199),
+            (100, 1100, 100, 1099),
+        ]:
+            rows = stream_rows(conn, cache, run_id, "history", None, lo, hi)
+            assert len(rows) == DEFAULT_SAMPLES == 500
+            assert rows[0]["_step"] == first and rows[-1]["_step"] == last
+        every = stream_rows(conn, cache, run_id, "history", 1000, 100, 1100)
+        assert [r["_step"] for r in every] == list(range(100, 1100))
+
+
+#: the bare JSON tokens, each counted apart: ``Infinity`` not preceded by ``-``
+TOKENS = {
+    "NaN": re.compile(r"(?<![\w-])NaN\b"),
+    "Infinity": re.compile(r"(?<![\w-])Infinity\b"),
+    "-Infinity": re.compile(r"(?<!\w)-Infinity\b"),
+}
+
+
+def token_counts(text: str) -> dict[str, int]:
+    return {token: len(pattern.findall(text)) for token, pattern in TOKENS.items()}
+
+
 def test_history_text_keeps_nan_and_infinity_tokens(served, store):
-    row = longest_run(store)
+    """A run whose stored history holds NaN, Infinity and -Infinity is served with all three."""
+    for row in sorted(stored_runs(store), key=lambda r: r["name"]):
+        stored = token_counts(json.dumps(store_rows(store, row)))
+        if all(stored.values()):
+            break
+    else:
+        pytest.fail("the seeded project has no run with NaN, Infinity and -Infinity")
     variables = {**run_vars(row["name"]), "minStep": 0, "maxStep": 10**12, "pageSize": 10**6}
     page = data(served, doc("sdk_v0.25_HistoryPage"), variables)["project"]["run"]["history"]
-    text = "".join(page)
-    stored = json.dumps(store_rows(store, row))
-    for token in ("NaN", "Infinity", "-Infinity"):
-        assert (token in text) == (token in stored)
+    assert len(page) == row["history_line_count"]
+    assert token_counts("\n".join(page)) == stored
 
 
 @pytest.mark.parametrize(
@@ -286,19 +324,20 @@ def test_history_text_keeps_nan_and_infinity_tokens(served, store):
 def test_sampled_history_keeps_rows_holding_all_keys_with_inclusive_max(served, store, name, var):
     row = longest_run(store)
     rows = store_rows(store, row)
-    keys = sorted(k for k in loads(row["history_keys"])["keys"] if not k.startswith("_"))[:2]
+    keys = ["acc", "eval/acc"]  # dense (every row) and sparse (every 10th row)
     steps = [step_of(r, i) for i, r in enumerate(rows)]
     lo, hi = steps[3], steps[-4]
+    window = [r for r, s in zip(rows, steps, strict=True) if lo <= s <= hi]
+    holding = [r for r in window if all(k in r for k in keys)]
+    assert 0 < len(holding) < len(window) // 5  # the sparse key really is sparse
     spec = json.dumps({"keys": ["_step", *keys], "samples": 10**6, "minStep": lo, "maxStep": hi})
     value: Any = [spec] if var == "specs" else spec
     result = data(served, doc(name), {**run_vars(row["name"]), var: value})
-    got = result["project"]["run"]["sampledHistory"]
-    expected = [
-        {k: r[k] for k in ["_step", *keys]}
-        for r, s in zip(rows, steps, strict=True)
-        if lo <= s <= hi and all(k in r for k in keys)
-    ]
-    assert expected and same(got, [expected])
+    [got] = result["project"]["run"]["sampledHistory"]
+    assert all(set(r) == {"_step", *keys} for r in got)
+    assert len(got) == len(holding)
+    assert same(got, [{k: r[k] for k in ["_step", *keys]} for r in holding])
+    assert got[0]["_step"] >= lo and got[-1]["_step"] <= hi
 
 
 def test_sampled_rows_are_json_objects_with_bare_nan_tokens(served, store):

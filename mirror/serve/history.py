@@ -24,9 +24,7 @@ class SpecError(MirrorError, ValueError):
     """A ``sampledHistory`` spec that cannot be read."""
 
 
-def _sample(rows: list[dict[str, Any]], samples: int | None) -> list[dict[str, Any]]:
-    if samples is None:
-        return rows
+def _sample(rows: list[dict[str, Any]], samples: int) -> list[dict[str, Any]]:
     return [rows[i] for i in sample_indices(len(rows), samples)]
 
 
@@ -63,14 +61,15 @@ def stream_rows(
 ) -> list[dict[str, Any]]:
     """``history``/``events``: rows with ``min_step <= step < max_step``, at most ``samples``.
 
-    Without a window the whole stream is sampled (``samples`` defaults to 500 as on W&B) without
-    loading it whole: the row count comes from the chunk index.
+    ``samples`` defaults to 500 as on W&B, with or without a window (every SDK sends it with a
+    window anyway), so no request decodes a whole run into one answer. Without a window the
+    stream is sampled without loading it whole: the row count comes from the chunk index.
     """
+    k = DEFAULT_SAMPLES if samples is None else samples
     if min_step is None and max_step is None:
-        k = DEFAULT_SAMPLES if samples is None else samples
         wanted = sample_indices(_row_count(conn, run_id, stream), k)
         return _pick(cache.window(conn, run_id, stream), wanted)
-    return _sample(list(cache.window(conn, run_id, stream, min_step, max_step)), samples)
+    return _sample(list(cache.window(conn, run_id, stream, min_step, max_step)), k)
 
 
 def _int_or_none(spec: dict[str, Any], key: str) -> int | None:

@@ -3,7 +3,8 @@
 ``upsertBucket`` deep-merges config (a key missing from the input survives, W&B issue 11055),
 replaces summary and tags, sets the plain fields it is given, and creates a run from ``name`` +
 ``modelName`` + ``entityName``. ``deleteRun`` tombstones the run, so it leaves every listing and
-``run`` answers null. ``updateRunState`` allows exactly the transitions W&B documents.
+``run`` answers null; re-creating a deleted run starts afresh (no old history, fields or config),
+as on W&B, where a deleted run is gone. ``updateRunState`` allows exactly the transitions W&B documents.
 Each mutation is one write transaction through ``mirror.store.upsert``.
 """
 
@@ -14,14 +15,14 @@ import string
 from typing import Any
 
 from graphql import GraphQLResolveInfo
-from sqlalchemy import Connection, RowMapping, select, update
+from sqlalchemy import Connection, RowMapping, delete, select, update
 
 from mirror.serve.context import RequestContext
 from mirror.serve.errors import RequestError
 from mirror.serve.resolvers import default_entity
 from mirror.store.engine import write_transaction
 from mirror.store.fields import dumps, loads
-from mirror.store.models import projects, runs
+from mirror.store.models import NODE_COLUMNS, NODE_JSON_COLUMNS, history_chunks, projects, runs
 from mirror.store.read import find_project, find_run, find_run_by_storage_id
 from mirror.store.upsert import upsert_runs, utcnow
 
@@ -100,8 +101,10 @@ def _node(data: dict[str, Any], name: str, existing: RowMapping | None) -> dict[
     now = utcnow()
     node: dict[str, Any] = {"name": name, "updatedAt": now}
     if existing is None or existing["deleted_at"] is not None:
-        node.update(createdAt=now, heartbeatAt=now, state="running", config={})
-        node.update(summaryMetrics={}, systemMetrics={}, tags=[], historyLineCount=0)
+        node.update(dict.fromkeys([*NODE_COLUMNS, *NODE_JSON_COLUMNS]))  # every field reset
+        node.update(name=name, createdAt=now, heartbeatAt=now, updatedAt=now, state="running")
+        node.update(config={}, summaryMetrics={}, systemMetrics={}, tags=[], historyLineCount=0)
+        node.update(user={"name": None, "username": None})
     else:
         node["id"] = existing["storage_id"]
     for key, target in _PLAIN_INPUTS.items():
@@ -128,6 +131,8 @@ def resolve_upsert_bucket(_root: Any, info: GraphQLResolveInfo, input: dict[str,
         inserted = existing is None or existing["deleted_at"] is not None
         ids = upsert_runs(conn, entity, project, [_node(input, name, existing)])
         if existing is not None and existing["deleted_at"] is not None:
+            # the row is reused, but the run is new: nothing of the deleted run's history stays
+            conn.execute(delete(history_chunks).where(history_chunks.c.run_id == ids[name]))
             conn.execute(update(runs).where(runs.c.id == ids[name]).values(deleted_at=None))
         bucket = conn.execute(select(runs).where(runs.c.id == ids[name])).mappings().one()
     return {"bucket": bucket, "inserted": inserted}
