@@ -83,9 +83,11 @@ def write_parquet(records: Sequence[dict[str, Any]], out: IO[bytes]) -> None:
             values.append(record.get(key))
     arrays = {}
     for key, values in columns.items():
+        if any(isinstance(v, (dict, list)) for v in values):  # media objects, tables: JSON text
+            values = [v if v is None else dumps(v) for v in values]
         try:
             arrays[key] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed scalar types
             arrays[key] = pa.array([None if v is None else dumps(v) for v in values])
     buffer = io.BytesIO()
     pq.write_table(pa.table(arrays), buffer)

@@ -144,3 +144,14 @@ def test_missing_things_and_bad_input(api: Api, tmp_path: Path):
     assert info.value.exc is not None
     with pytest.raises(CommError, match="wandb-mirror init"):
         Api(database=str(tmp_path / "empty.db")).runs("ent/proj")
+
+
+def test_a_paused_scan_pins_no_snapshot(api: Api, engine):
+    scan = api.run("ent/proj/run0003").scan_history()
+    assert next(scan)["_step"] == 5
+    with write_transaction(engine) as conn:
+        upsert_runs(conn, "ent", "proj", [_node(RUNS)])
+    with engine.connect() as conn:
+        busy, _log, _done = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+    assert busy == 0  # an open read transaction would keep the WAL from being truncated
+    assert sum(1 for _ in scan) == 2499

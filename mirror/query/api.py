@@ -297,16 +297,12 @@ class Run:
     ) -> Iterator[dict[str, Any]]:
         """Every row in ``[min_step, max_step)``, streamed a chunk at a time (bounded memory)."""
         del page_size  # rows stream by stored chunk; the argument is kept for compatibility
-        conn = self._api._connect()
-        try:
-            with conn.begin():
-                yield from store_read.iter_rows(
-                    conn, self._row["id"], "history", min_step, max_step, keys
-                )
-        except SQLAlchemyError as exc:
-            raise CommError(f"cannot read history of {self.id}: {exc}", exc) from exc
-        finally:
-            conn.close()
+        run_id = self._row["id"]
+        spans = self._api._read(store_read.chunk_spans, run_id, "history", min_step, max_step)
+        wanted = None if keys is None else [*keys, "_step"]
+        for span in spans:  # one short read per chunk: a paused scan pins no snapshot
+            rows = self._api._read(lambda conn, s=span: store_read.load_chunk(conn, s).rows(wanted))
+            yield from store_read.window(rows, span.first_step, min_step, max_step, keys)
 
     def history(
         self,
