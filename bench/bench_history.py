@@ -117,7 +117,9 @@ def history_rows(steps: int, keys: list[str], seed: int = 0) -> Iterator[dict[st
 
 def seed_history(path: Path, steps: int, keys: list[str]) -> None:
     """One run holding ``steps`` rows, written through the store's own ``append_history``."""
-    params = {"steps": steps, "keys": keys, "version": 1}
+    from mirror.store import migrate
+
+    params = {"steps": steps, "keys": keys, "version": 1, "schema": migrate.head_revision()}
     if fixture_ready(path, params):
         return
     from mirror.store.engine import write_transaction

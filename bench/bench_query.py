@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -182,6 +183,11 @@ def run_mongomock(collection: Any, query: Query) -> Any:
     return [d["name"] for d in cursor]
 
 
+def _key(query: Query) -> str:
+    """What identifies a query's baseline figures: any change to it means timing it again."""
+    return json.dumps([query.filters, query.sort, query.mode], sort_keys=True)
+
+
 def agree(mine: Any, theirs: Any, query: Query) -> str:
     """``yes`` when both sides returned the same result (same order where one is asked for)."""
     if mine == theirs:
@@ -200,6 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reseed", action="store_true", help="seed again even if present")
     parser.add_argument("--seed-only", action="store_true", help="seed, then stop")
     parser.add_argument("--only", help="run only queries whose name contains this text")
+    parser.add_argument(
+        "--reuse-baseline",
+        action="store_true",
+        help="take mongomock's figures from the last full run instead of timing them again",
+    )
+    parser.add_argument(
+        "--db",
+        type=Path,
+        help="time the mirror on this copy of the seeded file (e.g. with a trial index)",
+    )
     args = parser.parse_args(argv)
 
     print(f"machine: {machine()}")
@@ -210,27 +226,30 @@ def main(argv: list[str] | None = None) -> int:
 
     from mirror import Api
 
-    started = time.perf_counter()
-    collection = load_collection(path)
-    total = collection.count_documents({})
-    print(f"mongomock: {total:,} documents loaded in {time.perf_counter() - started:.1f} s")
-    api = Api(database=str(path))
+    cache_path = path.with_name(path.name + ".mongomock.json")
+    cached = json.loads(cache_path.read_text()) if args.reuse_baseline else {}
+    collection = None
+    if not cached:
+        started = time.perf_counter()
+        collection = load_collection(path)
+        print(f"mongomock: documents loaded in {time.perf_counter() - started:.1f} s")
+    total = args.runs
+    api = Api(database=str(args.db or path))
 
     suite = [q for q in SUITE if not args.only or args.only in q.name]
     results = []
+    baseline: dict[str, Any] = {}
     for query in suite:
         mirror_ms, mine = time_ms(lambda q=query: run_mirror(api, q), args.repeat)
-        # mongomock takes seconds a query on 100,000 documents: fewer repetitions suffice
-        mongo_ms, theirs = time_ms(
-            lambda q=query: run_mongomock(collection, q), max(3, args.repeat // 2)
-        )
-        matches = (
-            mine
-            if query.mode == "count"
-            else collection.count_documents(query.filters)
-            if query.mode == "page"
-            else len(mine)
-        )
+        if collection is None:
+            mongo_ms, theirs, matches = cached[_key(query)]
+        else:
+            # mongomock takes seconds a query on 100,000 documents: fewer repetitions suffice
+            mongo_ms, theirs = time_ms(
+                lambda q=query: run_mongomock(collection, q), max(3, args.repeat // 2)
+            )
+            matches = theirs if query.mode == "count" else collection.count_documents(query.filters)
+            baseline[_key(query)] = [mongo_ms, theirs, matches]
         row = [query.name, matches, mirror_ms, mongo_ms, mongo_ms / mirror_ms]
         row.append(agree(mine, theirs, query))
         results.append((query, row))
@@ -239,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
             f"mongomock {mongo_ms:.1f} ms, {mongo_ms / mirror_ms:.1f}x",
             flush=True,
         )
+
+    if baseline and not args.only:
+        cache_path.write_text(json.dumps(baseline))
 
     print(f"\n## {total:,} runs, median of {args.repeat} warm runs\n")
     headers = ["query", "matches", "mirror ms", "mongomock ms", "ratio", "same result"]
