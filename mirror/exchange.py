@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Connection, Engine, RowMapping, select
 
 from mirror.errors import MirrorError
-from mirror.store.engine import read_transaction, write_transaction
+from mirror.store.engine import analyze, read_transaction, write_transaction
 from mirror.store.fields import dumps, loads, unwrap_config
 from mirror.store.history import Chunk, step_of
 from mirror.store.models import NODE_COLUMNS, NODE_JSON_COLUMNS, runs
@@ -347,6 +347,7 @@ def import_dir(engine: Engine, in_dir: str | Path) -> ExchangeSummary:
         _check_rows_file(path, label)
         with write_transaction(engine) as conn:
             added[stream] += _import_rows(conn, ids[name], path, stream, label)
+    analyze(engine)
     return ExchangeSummary(len(names), added["history"], added["events"], root)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine
 
-from mirror.store.engine import write_transaction
+from mirror.store.engine import analyze, write_transaction
 from mirror.store.fields import dumps, wrap_config
 from mirror.store.upsert import append_history, storage_id, upsert_runs
 
@@ -587,6 +587,7 @@ def seed_project(
         done += _write_batch(engine, entity, project, batch)
         if progress is not None:
             progress(done)
+    analyze(engine)
     return done
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import Connection, Engine, RowMapping, select
@@ -20,7 +21,7 @@ from mirror.errors import CommError, MirrorError
 from mirror.query.filters import parse_filter, parse_order
 from mirror.query.paths import project_path, run_path
 from mirror.query.sampling import sample_indices
-from mirror.query.sql import count_query, runs_query
+from mirror.query.sql import count_query, fetch_page, runs_query
 from mirror.store import migrate
 from mirror.store import read as store_read
 from mirror.store.engine import make_engine
@@ -179,12 +180,8 @@ class Runs(Sequence["Run"]):
 
     def _page(self, number: int) -> list[Run]:
         if number not in self._pages:
-            query = (
-                runs_query(self._project_id, self._node, self._order)
-                .offset(number * self.per_page)
-                .limit(self.per_page)
-            )
-            rows = self._api._read(lambda conn: conn.execute(query).mappings().all())
+            query = runs_query(self._project_id, self._node, self._order)
+            rows = self._api._read(fetch_page, query, number * self.per_page, self.per_page)
             self._pages[number] = [Run(self._api, self.entity, self.project, r) for r in rows]
         return self._pages[number]
 
@@ -247,12 +244,35 @@ class Run:
         self.updated_at: str | None = row["updated_at"]
         self.history_line_count: int = row["history_line_count"]
         self.deleted_at: str | None = row["deleted_at"]
-        self.rawconfig: dict[str, Any] = loads(row["config"], {}) or {}
-        self.config: dict[str, Any] = unwrap_config(self.rawconfig)
-        self.summary = Summary(loads(row["summary_metrics"], {}) or {})
-        self.system_metrics: dict[str, Any] = loads(row["system_metrics"], {}) or {}
-        self.history_keys: dict[str, Any] | None = loads(row["history_keys"], None)
         self.user = {"username": row["username"], "name": row["user_name"]}
+
+    # The JSON columns are parsed on first use: listing 50 runs to read their ids should not
+    # pay for 50 summaries.
+
+    @cached_property
+    def rawconfig(self) -> dict[str, Any]:
+        """The config as W&B stores it: values wrapped, ``_wandb`` included."""
+        return loads(self._row["config"], {}) or {}
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """The config as ``wandb`` shows it: unwrapped, without ``_wandb``."""
+        return unwrap_config(self.rawconfig)
+
+    @cached_property
+    def summary(self) -> Summary:
+        """The summary metrics; NaN and Infinity come back as floats."""
+        return Summary(loads(self._row["summary_metrics"], {}) or {})
+
+    @cached_property
+    def system_metrics(self) -> dict[str, Any]:
+        """The last system-metric sample W&B keeps with the run."""
+        return loads(self._row["system_metrics"], {}) or {}
+
+    @cached_property
+    def history_keys(self) -> dict[str, Any] | None:
+        """W&B's ``historyKeys``: the keys logged, their type counts and the last step."""
+        return loads(self._row["history_keys"], None)
 
     @property
     def path(self) -> list[str]:

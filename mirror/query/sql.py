@@ -17,6 +17,8 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
+    RowMapping,
     Select,
     and_,
     case,
@@ -51,6 +53,22 @@ def runs_query(project_id: int, node: Node, order: Order) -> Select:
         return query.order_by(*_column_order(order), runs.c.name)
     source, keys = compiler.order(order)
     return query.select_from(source).order_by(*keys, runs.c.name)
+
+
+def fetch_page(conn: Connection, query: Select, offset: int, limit: int) -> list[RowMapping]:
+    """One page of a :func:`runs_query`: ordered and cut on run ids, then rows by primary key.
+
+    Sorting whole ``runs`` rows would drag every matching run's config and summary JSON
+    (kilobytes each) through the sorter; sorting ids keeps the sort small and the top-N sorter
+    cheap, and only the page's rows are read in full.
+    """
+    ids = conn.execute(query.with_only_columns(runs.c.id).offset(offset).limit(limit)).scalars()
+    wanted = list(ids)
+    if not wanted:
+        return []
+    rows = conn.execute(select(runs).where(runs.c.id.in_(wanted))).mappings().all()
+    by_id = {row["id"]: row for row in rows}
+    return [by_id[run_id] for run_id in wanted]
 
 
 def count_query(project_id: int, node: Node) -> Select:

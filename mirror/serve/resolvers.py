@@ -15,7 +15,7 @@ from graphql import GraphQLResolveInfo
 from sqlalchemy import Connection, RowMapping, case, func, select
 
 from mirror.query.filters import parse_filter, parse_order
-from mirror.query.sql import count_query, runs_query
+from mirror.query.sql import count_query, fetch_page, runs_query
 from mirror.serve import history
 from mirror.serve.context import RequestContext
 from mirror.serve.errors import HttpError, RequestError
@@ -198,8 +198,7 @@ def resolve_runs(
     if size < 0:
         raise RequestError("first must not be negative")
     repeat = min(start, size, _ctx(info).page_repeat)
-    rows = _conn(info).execute(query.offset(start - repeat).limit(repeat + size + 1)).mappings()
-    fetched = rows.all()
+    fetched = fetch_page(_conn(info), query, start - repeat, repeat + size + 1)
     page = fetched[:repeat] + fetched[2 * repeat : repeat + size]
     result = _connection(list(page), start, len(fetched) > repeat + size)
     count = lambda _info: resolve_run_count(project, info, filters)  # noqa: E731 - lazy field
