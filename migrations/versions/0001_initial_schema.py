@@ -39,6 +39,8 @@ def upgrade() -> None:
         "runs",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("project_id", sa.Integer(), nullable=False),
+        sa.Column("deleted_at", sa.String(length=32), nullable=True),
+        sa.Column("synced_at", sa.String(length=32), nullable=True),
         sa.Column("name", sa.String(length=255), nullable=False),
         sa.Column("storage_id", sa.String(length=512), nullable=False),
         sa.Column("display_name", sa.Text(), nullable=True),
@@ -61,8 +63,6 @@ def upgrade() -> None:
         sa.Column("config", sa.Text(), nullable=False),
         sa.Column("summary_metrics", sa.Text(), nullable=False),
         sa.Column("system_metrics", sa.Text(), nullable=False),
-        sa.Column("synced_at", sa.String(length=32), nullable=True),
-        sa.Column("deleted_at", sa.String(length=32), nullable=True),
         sa.ForeignKeyConstraint(
             ["project_id"], ["projects.id"], name=op.f("fk_runs_project_id_projects")
         ),

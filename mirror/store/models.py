@@ -57,6 +57,10 @@ runs = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("project_id", Integer, ForeignKey("projects.id"), nullable=False),
+    # Tombstone and sync time first: a filter checks them on every candidate run, and SQLite reads
+    # a row from its start, so they must not sit behind kilobytes of config and summary JSON.
+    Column("deleted_at", String(32)),  # deleted remotely, kept locally
+    Column("synced_at", String(32)),
     Column("name", String(255), nullable=False),  # the run id users see
     Column("storage_id", String(512), nullable=False),
     Column("display_name", Text),
@@ -79,8 +83,6 @@ runs = Table(
     Column("config", Text, nullable=False, default="{}"),  # raw JSON text, values wrapped
     Column("summary_metrics", Text, nullable=False, default="{}"),
     Column("system_metrics", Text, nullable=False, default="{}"),
-    Column("synced_at", String(32)),
-    Column("deleted_at", String(32)),  # tombstone: deleted remotely, kept locally
     UniqueConstraint("project_id", "name"),
     Index(None, "project_id", "deleted_at", "created_at", "name"),
     Index(None, "project_id", "display_name"),
