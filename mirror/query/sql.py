@@ -24,6 +24,7 @@ from sqlalchemy import (
     case,
     false,
     func,
+    intersect,
     not_,
     or_,
     select,
@@ -98,7 +99,7 @@ class _Compiler:
 
     def where(self, node: Node) -> ColumnElement[bool]:
         if isinstance(node, And):
-            return and_(*map(self.where, node.children)) if node.children else true()
+            return self._and(node) if node.children else true()
         if isinstance(node, Or):
             return or_(*map(self.where, node.children)) if node.children else false()
         if isinstance(node, Not):
@@ -115,25 +116,60 @@ class _Compiler:
             .scalar_subquery()
         )
 
+    def _and(self, node: And) -> ColumnElement[bool]:
+        """Field leaves under one AND become one ``IN`` of their intersected id sets.
+
+        ``id IN (a) AND id IN (b)`` makes SQLite walk the larger set and look each run up;
+        ``id IN (a INTERSECT b)`` lets the covering indexes answer both and visits only the runs
+        that meet every leaf.
+        """
+        sets: list[Select] = []
+        others: list[ColumnElement[bool]] = []
+        for child in node.children:
+            rows = self._rows_of(child)
+            if rows is None:
+                others.append(self.where(child))
+            else:
+                sets.append(rows)
+        if len(sets) > 1:
+            others.append(runs.c.id.in_(intersect(*sets)))
+        elif sets:
+            others.append(runs.c.id.in_(sets[0]))
+        return and_(*others)
+
+    def rows(self, path: str, *conds: ColumnElement[bool]) -> Select:
+        """The ids of runs with an index row at ``path`` (a value, or an array element there)
+        meeting ``conds``."""
+        return select(run_fields.c.run_id).where(run_fields.c.key_id == self.key_id(path), *conds)
+
     def has(self, path: str, *conds: ColumnElement[bool]) -> ColumnElement[bool]:
-        """Some index row at ``path`` (a value, or an element of an array there) meets ``conds``."""
-        rows = select(run_fields.c.run_id).where(run_fields.c.key_id == self.key_id(path), *conds)
-        return runs.c.id.in_(rows)
+        """Some index row at ``path`` meets ``conds``."""
+        return runs.c.id.in_(self.rows(path, *conds))
+
+    def _rows_of(self, node: Node) -> Select | None:
+        """The id set of a positive single-path field leaf; ``None`` for anything else."""
+        path = getattr(node, "path", None)  # And/Or/Not have none
+        if path is None or path in RUN_ATTRIBUTES:
+            return None
+        if isinstance(node, Compare) and node.value is not None:
+            return self.rows(node.path, *_value_test(node.op, node.value))
+        if isinstance(node, Exists):
+            return self.rows(node.path)
+        if isinstance(node, Regex):
+            return self.rows(node.path, *_regex_test(node.pattern))
+        if isinstance(node, Size):
+            kind = run_fields.c.kind == int(Kind.ARRAY)
+            return self.rows(node.path, run_fields.c.elem == 0, kind, run_fields.c.num == node.size)
+        return None
 
     def _field_leaf(self, node: Node) -> ColumnElement[bool]:
-        if isinstance(node, Compare):
-            if node.value is None:
-                return self._null(node.path)
-            return self.has(node.path, *_value_test(node.op, node.value))
+        rows = self._rows_of(node)
+        if rows is not None:
+            return runs.c.id.in_(rows)
         if isinstance(node, In):
             return self._in(node)
-        if isinstance(node, Exists):
-            return self.has(node.path)
-        if isinstance(node, Regex):
-            return self.has(node.path, *_regex_test(node.pattern))
-        assert isinstance(node, Size)
-        kind = run_fields.c.kind == int(Kind.ARRAY)
-        return self.has(node.path, run_fields.c.elem == 0, kind, run_fields.c.num == node.size)
+        assert isinstance(node, Compare) and node.value is None
+        return self._null(node.path)
 
     def _null(self, path: str) -> ColumnElement[bool]:
         """``{path: null}``: missing, or null (an array's null element too)."""

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from mirror.errors import MirrorError
 
 BUSY_TIMEOUT_MS = 30_000
+CACHE_KIB = 65_536  # per connection, filled only as used: filters revisit the same index pages
 _WRITE = "mirror_write"
 
 
@@ -85,6 +86,7 @@ def make_engine(
         dbapi_conn.isolation_level = None  # SQLAlchemy, not the driver, decides when to BEGIN
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         if create:
             cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
