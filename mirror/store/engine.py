@@ -18,7 +18,9 @@ from sqlalchemy.engine import make_url
 from mirror.errors import MirrorError
 
 BUSY_TIMEOUT_MS = 30_000
-CACHE_KIB = 65_536  # per connection, filled only as used: filters revisit the same index pages
+# Reads through a memory map (SQLite clamps it to its build's maximum, 2 GiB by default): index
+# probes then cost a memory access, not a read() into SQLite's own, much smaller page cache.
+MMAP_BYTES = 1 << 32
 _WRITE = "mirror_write"
 
 
@@ -86,7 +88,7 @@ def make_engine(
         dbapi_conn.isolation_level = None  # SQLAlchemy, not the driver, decides when to BEGIN
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cursor.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        cursor.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
         if create:
             cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
