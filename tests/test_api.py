@@ -155,3 +155,15 @@ def test_a_paused_scan_pins_no_snapshot(api: Api, engine):
         busy, _log, _done = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
     assert busy == 0  # an open read transaction would keep the WAL from being truncated
     assert sum(1 for _ in scan) == 2499
+
+
+def test_a_listing_is_one_snapshot_even_when_a_sync_writes_between_pages(api: Api, engine):
+    runs = api.runs("ent/proj", per_page=5)
+    first_page = [r.id for r in runs[:5]]
+    with write_transaction(engine) as conn:  # a newer run lands between two page reads
+        upsert_runs(conn, "ent", "proj", [{**_node(RUNS), "createdAt": "2030-01-01T00:00:00"}])
+    names = [r.id for r in runs]
+    assert names[:5] == first_page
+    assert len(names) == len(set(names)) == RUNS == len(runs)
+    api.flush()
+    assert api.runs("ent/proj")[0].id == _node(RUNS)["name"]

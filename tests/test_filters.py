@@ -377,8 +377,10 @@ def test_sql_looking_keys_and_values_are_plain_data(store) -> None:
     with engine.connect() as conn:
         assert "runs" in inspect(conn).get_table_names()
         assert conn.execute(select(runs.c.id)).first() is not None
-    sql = str(runs_query(store[1], parse_filter({f"config.{EVIL}": EVIL}), parse_order(None)))
-    assert "DROP" not in sql
+    query = runs_query(store[1], parse_filter({f"config.{EVIL}": EVIL}), parse_order(None))
+    compiled = query.compile(engine)
+    assert EVIL not in str(compiled)  # the key path and the value travel as parameters
+    assert f"config.{EVIL}" in compiled.params.values() and EVIL in compiled.params.values()
 
 
 @pytest.mark.parametrize(
@@ -456,3 +458,53 @@ def test_tree_is_immutable_and_independent_of_the_input() -> None:
     assert node.value == {"depth": 3}
     with pytest.raises(AttributeError):
         node.path = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        ({"createdAt": {"$gt": 1704067200}}, "filters.createdAt: $gt: dates are ISO text"),
+        ({"created_at": "yesterday"}, "'yesterday' is not an ISO date"),
+        ({"config.x": {"$in": [{"$regex": "a"}]}}, "cannot nest operators ($regex)"),
+        ({"tags": {"$all": [{"$elemMatch": {"a": 1}}]}}, "cannot nest operators ($elemMatch)"),
+    ],
+)
+def test_filters_that_would_silently_match_nothing_are_errors(filters, message) -> None:
+    with pytest.raises(FilterError) as info:
+        parse_filter(filters)
+    assert message in str(info.value)
+
+
+def test_zoned_dates_and_numpy_values_mean_what_they_say() -> None:
+    import numpy as np
+
+    zoned = parse_filter({"createdAt": {"$gte": "2024-01-02T01:00:00+01:00"}})
+    assert zoned.value == "2024-01-02T00:00:00"
+    node = parse_filter({"config.seed": np.int64(5), "config.on": np.bool_(True)})
+    assert [c.value for c in node.children] == [5, True]
+    assert type(node.children[1].value) is bool
+
+
+def test_a_literal_dotted_key_beside_a_nested_one_lists_the_run_once(tmp_path) -> None:
+    import json
+
+    engine = make_engine(tmp_path / "m.db")
+    migrate.upgrade(engine)
+    config = {"a.b": {"value": 1}, "a": {"value": {"b": 9}}}
+    nodes = [
+        {"name": "r1", "createdAt": "2024-01-01T00:00:00", "config": json.dumps(config)},
+        {"name": "r2", "createdAt": "2024-01-01T00:00:00", "config": '{"a": {"value": {"b": 5}}}'},
+    ]
+    with engine.begin() as conn:
+        upsert_runs(conn, "e", "p", nodes)
+        project_id = conn.execute(select(projects.c.id)).scalar()
+        for order in ("+config.a.b", "-config.a.b"):
+            query = runs_query(project_id, parse_filter(None), parse_order(order))
+            listed = [row.name for row in conn.execute(query)]
+            assert sorted(listed) == ["r1", "r2"]
+        assert [
+            r.name
+            for r in conn.execute(
+                runs_query(project_id, parse_filter({"config.a.b": 9}), parse_order(None))
+            )
+        ] == ["r1"]

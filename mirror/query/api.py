@@ -21,7 +21,7 @@ from mirror.errors import CommError, MirrorError
 from mirror.query.filters import parse_filter, parse_order
 from mirror.query.paths import project_path, run_path
 from mirror.query.sampling import sample_indices
-from mirror.query.sql import count_query, fetch_page, runs_query
+from mirror.query.sql import count_query, fetch_runs, ordered_ids, runs_query
 from mirror.store import migrate
 from mirror.store import read as store_read
 from mirror.store.engine import make_engine
@@ -170,6 +170,7 @@ class Runs(Sequence["Run"]):
         self._order = order
         self.per_page = max(1, int(per_page))
         self._length: int | None = None
+        self._ids: list[int] | None = None
         self._pages: dict[int, list[Run]] = {}
 
     def __len__(self) -> int:
@@ -178,31 +179,40 @@ class Runs(Sequence["Run"]):
             self._length = int(self._api._read(lambda conn: conn.execute(query).scalar_one()))
         return self._length
 
+    def _snapshot(self) -> list[int]:
+        """The matching run ids in order, read once: pages cut from one listing never repeat
+        or skip a run when a sync writes between them (W&B's paging does, issues 6614/7666)."""
+        if self._ids is None:
+            query = ordered_ids(runs_query(self._project_id, self._node, self._order))
+            self._ids = self._api._read(lambda conn: conn.execute(query).scalars().all())
+            self._length = len(self._ids)
+        return self._ids
+
     def _page(self, number: int) -> list[Run]:
         if number not in self._pages:
-            query = runs_query(self._project_id, self._node, self._order)
-            rows = self._api._read(fetch_page, query, number * self.per_page, self.per_page)
+            start = number * self.per_page
+            ids = self._snapshot()[start : start + self.per_page]
+            rows = self._api._read(fetch_runs, ids) if ids else []
             self._pages[number] = [Run(self._api, self.entity, self.project, r) for r in rows]
         return self._pages[number]
 
     def __iter__(self) -> Iterator[Run]:
-        number = 0
-        while True:
-            page = self._page(number)
-            yield from page
-            if len(page) < self.per_page:
-                return
-            number += 1
+        pages = -(-len(self._snapshot()) // self.per_page)
+        for number in range(pages):
+            yield from self._page(number)
 
     def __getitem__(self, index: Any) -> Any:
+        count = len(self._snapshot())
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+            return [self[i] for i in range(*index.indices(count))]
         if index < 0:
-            index += len(self)
-        page = self._page(index // self.per_page) if index >= 0 else []
-        offset = index % self.per_page
-        if index < 0 or offset >= len(page):
+            index += count
+        if not 0 <= index < count:
             raise IndexError("runs index out of range")
+        page = self._page(index // self.per_page)
+        offset = index % self.per_page
+        if offset >= len(page):  # deleted since the listing was read
+            raise IndexError(f"run {index} was deleted since this listing was read")
         return page[offset]
 
     def __repr__(self) -> str:

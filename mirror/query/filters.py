@@ -281,8 +281,34 @@ def _equality(path: str, value: Any, where: str) -> Node:
     return _comparison("eq", path, value, f"{where}: value")
 
 
+DATE_PATHS = frozenset({"createdAt", "heartbeatAt", "updatedAt"})
+
+
+def _date(value: Any, what: str) -> Any:
+    """A date bound as W&B stores dates (naive UTC ISO text); a number is refused, not ignored.
+
+    W&B compares dates as text, so an epoch number or a ``Z``-suffixed string would silently
+    match nothing (or the wrong runs); parsing here turns both into a clear answer.
+    """
+    if value is None or isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise FilterError(
+            f"{what}: dates are ISO text such as '2024-01-31T12:00:00' (UTC), not {value!r}"
+        )
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise FilterError(
+            f"{what}: {value!r} is not an ISO date such as '2024-01-31T12:00:00'"
+        ) from None
+    return parsed
+
+
 def _comparison(op: str, path: str, value: Any, what: str) -> Node:
     """One comparison; null and NaN bounds are reduced to what they can match."""
+    if path in DATE_PATHS:
+        value = _date(value, what)
     value = _plain(value, what)
     if op != "eq" and isinstance(value, (list, dict)):
         raise FilterError(
@@ -297,6 +323,9 @@ def _membership(path: str, values: Any, what: str) -> Node:
     """``$in``: plain values in one leaf, compiled regexes as regex matches beside it."""
     if not isinstance(values, list):
         raise FilterError(f"{what} needs a list")
+    _no_operators(values, what)
+    if path in DATE_PATHS:
+        values = [_date(v, what) for v in values]
     regexes = [Regex(path, _pattern(v, "", what)) for v in values if isinstance(v, re.Pattern)]
     plain = tuple(_plain(v, what) for v in values if not isinstance(v, re.Pattern))
     nodes: list[Node] = [In(path, plain)] if plain else []
@@ -308,9 +337,19 @@ def _all(path: str, values: Any, what: str) -> Node:
     """``$all``: an AND of equalities (MongoDB 2.6+); an empty list matches nothing."""
     if not isinstance(values, list):
         raise FilterError(f"{what} needs a list")
+    _no_operators(values, what)
     if not values:
         return NOTHING
     return _conjoin([_equality(path, v, what) for v in values])
+
+
+def _no_operators(values: list[Any], what: str) -> None:
+    """MongoDB refuses operators nested in ``$in``/``$all``; matching them as documents would
+    silently find nothing."""
+    for value in values:
+        if _is_operators(value):
+            names = ", ".join(k for k in value if isinstance(k, str) and k.startswith("$"))
+            raise FilterError(f"{what}: cannot nest operators ({names}) in a list of values")
 
 
 def _exists(path: str, value: Any, what: str) -> Node:
@@ -369,9 +408,11 @@ def _plain(value: Any, what: str) -> Any:
     if isinstance(value, datetime):
         if value.tzinfo is not None:
             value = value.astimezone(timezone.utc).replace(tzinfo=None)
-        return value.isoformat()
+        return value.isoformat(timespec="microseconds" if value.microsecond else "seconds")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):  # values from a DataFrame
+        return _plain(value.item(), what)
     if isinstance(value, (list, tuple)):
         return [_plain(v, what) for v in value]
     if isinstance(value, dict):

@@ -12,7 +12,7 @@ Values are always bound parameters; key paths too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -56,20 +56,29 @@ def runs_query(project_id: int, node: Node, order: Order) -> Select:
     return query.select_from(source).order_by(*keys, runs.c.name)
 
 
-def fetch_page(conn: Connection, query: Select, offset: int, limit: int) -> list[RowMapping]:
-    """One page of a :func:`runs_query`: ordered and cut on run ids, then rows by primary key.
+def ordered_ids(query: Select) -> Select:
+    """The run ids of a :func:`runs_query`, in its order: what is sorted is ids, not rows.
 
     Sorting whole ``runs`` rows would drag every matching run's config and summary JSON
-    (kilobytes each) through the sorter; sorting ids keeps the sort small and the top-N sorter
-    cheap, and only the page's rows are read in full.
+    (kilobytes each) through the sorter.
     """
-    ids = conn.execute(query.with_only_columns(runs.c.id).offset(offset).limit(limit)).scalars()
-    wanted = list(ids)
-    if not wanted:
-        return []
-    rows = conn.execute(select(runs).where(runs.c.id.in_(wanted))).mappings().all()
-    by_id = {row["id"]: row for row in rows}
-    return [by_id[run_id] for run_id in wanted]
+    return query.with_only_columns(runs.c.id)
+
+
+def fetch_runs(conn: Connection, ids: Sequence[int]) -> list[RowMapping]:
+    """``runs`` rows by id, in the order given; ids deleted meanwhile are left out."""
+    by_id: dict[int, RowMapping] = {}
+    for start in range(0, len(ids), 500):
+        part = list(ids[start : start + 500])
+        rows = conn.execute(select(runs).where(runs.c.id.in_(part))).mappings()
+        by_id.update((row["id"], row) for row in rows)
+    return [by_id[run_id] for run_id in ids if run_id in by_id]
+
+
+def fetch_page(conn: Connection, query: Select, offset: int, limit: int) -> list[RowMapping]:
+    """One page of a :func:`runs_query`: ordered and cut on ids, then rows by primary key."""
+    ids = conn.execute(ordered_ids(query).offset(offset).limit(limit)).scalars().all()
+    return fetch_runs(conn, ids)
 
 
 def count_query(project_id: int, node: Node) -> Select:

@@ -149,9 +149,21 @@ FieldRow = tuple[str, int, int, float | None, str | None]  # path, elem, kind, n
 
 
 def flatten(doc: dict[str, Any]) -> Iterator[FieldRow]:
-    """Every index row of a document: ``(path, elem, kind, num, txt)``."""
+    """Every index row of a document: ``(path, elem, kind, num, txt)``.
+
+    A path has at most one ``elem=0`` row, the value sorting uses: when a literal dotted key
+    and a nested one spell the same path (``{"a.b": 1, "a": {"b": 9}}``), the later value is
+    kept as a matchable element instead, so a run is never listed twice.
+    """
+    seen: set[str] = set()
     for key, value in doc.items():
-        yield from _flatten_value(key, value, 0)
+        for path, elem, kind, num, txt in _flatten_value(key, value, 0):
+            if elem == 0:
+                if path in seen:
+                    elem = 1
+                else:
+                    seen.add(path)
+            yield path, elem, kind, num, txt
 
 
 def _flatten_value(path: str, value: Any, elem: int) -> Iterator[FieldRow]:
