@@ -170,48 +170,69 @@ class Runs(Sequence["Run"]):
         self._order = order
         self.per_page = max(1, int(per_page))
         self._length: int | None = None
-        self._ids: list[int] | None = None
+        self._ids: list[int] = []  # the listing as far as it has been read
+        self._complete = False
         self._pages: dict[int, list[Run]] = {}
 
     def __len__(self) -> int:
+        if self._complete:
+            return len(self._ids)
         if self._length is None:
             query = count_query(self._project_id, self._node)
             self._length = int(self._api._read(lambda conn: conn.execute(query).scalar_one()))
         return self._length
 
-    def _snapshot(self) -> list[int]:
-        """The matching run ids in order, read once: pages cut from one listing never repeat
-        or skip a run when a sync writes between them (W&B's paging does, issues 6614/7666)."""
-        if self._ids is None:
-            query = ordered_ids(runs_query(self._project_id, self._node, self._order))
-            self._ids = self._api._read(lambda conn: conn.execute(query).scalars().all())
-            self._length = len(self._ids)
+    def _listing(self, upto: int) -> list[int]:
+        """The ordered run ids, read far enough to cover positions below ``upto``.
+
+        The first page is read with a LIMIT (fast, the common case); anything beyond it reads
+        the whole id list once and appends the runs not yet listed, so the pages of one listing
+        never repeat or skip a run even when a sync writes between them (W&B's paging does,
+        issues 6614/7666).
+        """
+        if self._complete or len(self._ids) >= upto:
+            return self._ids
+        query = ordered_ids(runs_query(self._project_id, self._node, self._order))
+        if not self._ids and upto <= self.per_page:
+            limited = query.limit(self.per_page)
+            self._ids = self._api._read(lambda conn: conn.execute(limited).scalars().all())
+            self._complete = len(self._ids) < self.per_page
+            return self._ids
+        everything = self._api._read(lambda conn: conn.execute(query).scalars().all())
+        listed = set(self._ids)
+        self._ids = self._ids + [run_id for run_id in everything if run_id not in listed]
+        self._complete = True
         return self._ids
 
     def _page(self, number: int) -> list[Run]:
         if number not in self._pages:
             start = number * self.per_page
-            ids = self._snapshot()[start : start + self.per_page]
+            ids = self._listing(start + self.per_page)[start : start + self.per_page]
             rows = self._api._read(fetch_runs, ids) if ids else []
             self._pages[number] = [Run(self._api, self.entity, self.project, r) for r in rows]
         return self._pages[number]
 
     def __iter__(self) -> Iterator[Run]:
-        pages = -(-len(self._snapshot()) // self.per_page)
-        for number in range(pages):
+        number = 0
+        while number * self.per_page < len(self._listing((number + 1) * self.per_page)):
             yield from self._page(number)
+            number += 1
 
     def __getitem__(self, index: Any) -> Any:
-        count = len(self._snapshot())
         if isinstance(index, slice):
+            needed = index.stop if index.stop is not None and index.stop >= 0 else None
+            if needed is None or (index.start or 0) < 0:
+                count = len(self._listing(2**62))
+            else:
+                count = min(needed, len(self._listing(needed)))
             return [self[i] for i in range(*index.indices(count))]
         if index < 0:
-            index += count
-        if not 0 <= index < count:
+            index += len(self._listing(2**62))
+        if index < 0 or index >= len(self._listing(index + 1)):
             raise IndexError("runs index out of range")
         page = self._page(index // self.per_page)
         offset = index % self.per_page
-        if offset >= len(page):  # deleted since the listing was read
+        if offset >= len(page):
             raise IndexError(f"run {index} was deleted since this listing was read")
         return page[offset]
 
