@@ -10,6 +10,7 @@ sample), and ``keys`` selects rows holding *any* of the keys, not only rows hold
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from functools import cached_property
 from typing import Any
@@ -18,7 +19,7 @@ from sqlalchemy import Connection, Engine, RowMapping, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from mirror.errors import CommError, MirrorError
-from mirror.query.filters import parse_filter, parse_order
+from mirror.query.filters import Node, Order, parse_filter, parse_order
 from mirror.query.paths import project_path, run_path
 from mirror.query.sampling import sample_indices
 from mirror.query.sql import count_query, fetch_runs, ordered_ids, runs_query
@@ -28,6 +29,8 @@ from mirror.store.engine import make_engine
 from mirror.store.fields import loads, unwrap_config
 from mirror.store.history import number_rows
 from mirror.store.models import projects
+
+_EVERY_RUN = sys.maxsize  # a position past any listing: read it whole
 
 
 class NotFound(MirrorError, ValueError):
@@ -158,8 +161,8 @@ class Runs(Sequence["Run"]):
         entity: str,
         project: str,
         project_id: int,
-        node: Any,
-        order: Any,
+        node: Node,
+        order: Order,
         per_page: int,
     ) -> None:
         self._api = api
@@ -220,14 +223,12 @@ class Runs(Sequence["Run"]):
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
-            needed = index.stop if index.stop is not None and index.stop >= 0 else None
-            if needed is None or (index.start or 0) < 0:
-                count = len(self._listing(2**62))
-            else:
-                count = min(needed, len(self._listing(needed)))
+            stop = index.stop
+            bounded = stop is not None and stop >= 0 and (index.start or 0) >= 0
+            count = len(self._listing(stop if bounded else _EVERY_RUN))
             return [self[i] for i in range(*index.indices(count))]
         if index < 0:
-            index += len(self._listing(2**62))
+            index += len(self._listing(_EVERY_RUN))
         if index < 0 or index >= len(self._listing(index + 1)):
             raise IndexError("runs index out of range")
         page = self._page(index // self.per_page)
