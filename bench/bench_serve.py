@@ -35,6 +35,7 @@ import requests
 from common import fixture_ready, fresh_database, machine, mark_fixture, out_path, table
 
 from mirror.serve.paging import encode_cursor
+from mirror.store import migrate
 from mirror.synth import seed_project
 
 ENTITY, PROJECT, LONG = "bench", "serve", "serve-history"
@@ -48,6 +49,7 @@ def seeded(runs: int, steps: int, history: int) -> Path:
     """A project of ``runs`` short runs and one of two ``history``-step runs, reused if there."""
     path = out_path("serve.db")
     params = {"runs": runs, "steps": steps, "history": history, "v": 1}
+    params["schema"] = migrate.head_revision()
     if not fixture_ready(path, params):
         engine = fresh_database(path)
         seed_project(engine, ENTITY, PROJECT, runs, steps, seed=11)
