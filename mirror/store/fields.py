@@ -25,24 +25,20 @@ from collections.abc import Iterator
 from enum import IntEnum
 from typing import Any
 
+from mirror.store.models import NODE_COLUMNS
+
 MAX_INDEXED_ARRAY = 100
 
-#: run attributes in the query document, by W&B's filter name → ``runs`` column
+#: run attributes in the query document, by W&B's filter name → ``runs`` column: the plain Run
+#: fields, except that filters say ``sweep`` for ``sweepName`` and also know ``username``
 RUN_ATTRIBUTES: dict[str, str] = {
-    "name": "name",
-    "displayName": "display_name",
-    "state": "state",
-    "group": "group_name",
-    "jobType": "job_type",
-    "notes": "notes",
-    "description": "description",
+    **{
+        field: column
+        for field, column in NODE_COLUMNS.items()
+        if field not in ("id", "sweepName", "historyLineCount")
+    },
     "sweep": "sweep_name",
-    "createdAt": "created_at",
-    "heartbeatAt": "heartbeat_at",
-    "updatedAt": "updated_at",
     "username": "username",
-    "host": "host",
-    "commit": "commit",
 }
 
 #: config keys the SDK keeps out of ``run.config``; they are not queryable either
