@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
+import pandas  # noqa: F401 - loaded before any timing, so the figures show the queries
+
 from mirror.errors import MirrorError
 from mirror.query.api import Api
 from mirror.store import migrate
@@ -59,8 +61,8 @@ def run_demo(database: str | None, out: TextIO, runs: int = RUNS, steps: int = S
         "config.optimizer": {"$in": ["adam", "adamw"]},
         "summary.loss": {"$lt": 0.5},
     }
-    matched = timed(f"filter {query}:", lambda: api.runs(path, query))
-    out.write(f"  {len(matched)} runs match\n")
+    matched = timed(f"filter {query}:", lambda: len(api.runs(path, query)))
+    out.write(f"  {matched} runs match\n")
 
     run = best[0] if best else api.runs(path)[0]
     frame = timed(f"history of {run.id} (every row, no sampling):", lambda: run.history())
