@@ -20,7 +20,6 @@ from mirror.store import migrate
 from mirror.store.engine import make_engine
 
 EXIT_ERROR = 1
-EXIT_USAGE = 2
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -36,6 +35,15 @@ def _open(args: argparse.Namespace, create: bool = False, check: bool = True) ->
     engine = make_engine(_database(args), create=create)
     if check and not create:
         migrate.require_current(engine)
+    return engine
+
+
+def _open_for_writing(args: argparse.Namespace) -> Engine:
+    """The mirror, created or upgraded to this version's schema; says where a snapshot went."""
+    engine = _open(args, create=True)
+    snapshot = migrate.upgrade(engine)
+    if snapshot:
+        print(f"snapshot taken before the upgrade: {snapshot}", file=sys.stderr)
     return engine
 
 
@@ -67,10 +75,7 @@ def _progress(total: int, label: str) -> Any:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    engine = _open(args, create=True)
-    snapshot = migrate.upgrade(engine)
-    if snapshot:
-        print(f"snapshot taken before the upgrade: {snapshot}")
+    engine = _open_for_writing(args)
     print(f"mirror ready at {engine.url} (schema {migrate.current_revision(engine)})")
     return 0
 
@@ -101,9 +106,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from mirror.query.paths import project_path
     from mirror.synth import seed_project
 
-    entity, project = project_path(args.path)
-    engine = _open(args, create=True)
-    migrate.upgrade(engine)
+    entity, project = project_path(args.path, _settings(args).entity)
+    engine = _open_for_writing(args)
     count = seed_project(
         engine,
         entity,
@@ -207,7 +211,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from mirror.exchange import export_project
     from mirror.query.paths import project_path
 
-    entity, project = project_path(args.path)
+    entity, project = project_path(args.path, _settings(args).entity)
     summary = export_project(_open(args), entity, project, args.format, Path(args.out))
     print(summary)
     return 0
@@ -216,9 +220,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from mirror.exchange import import_dir
 
-    engine = _open(args, create=True)
-    migrate.upgrade(engine)
-    print(import_dir(engine, Path(args.directory)))
+    print(import_dir(_open_for_writing(args), Path(args.directory)))
     return 0
 
 
@@ -230,7 +232,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     args.host = args.host or settings.serve.host
     args.port = settings.serve.port if args.port is None else args.port
     args.api_key = list(args.api_key or []) + list(settings.serve.api_keys)
-    _open(args).dispose()
     return run_from_args(args) or 0
 
 
@@ -267,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list runs matching a MongoDB filter, offline")
     runs.add_argument("path", metavar="ENTITY/PROJECT")
     runs.add_argument("--filter", help='MongoDB filter as JSON, e.g. \'{"state": "finished"}\'')
-    runs.add_argument("--order", default="-created_at", help="e.g. -summary_metrics.val_acc")
+    runs.add_argument(
+        "--order", default="-created_at", help="e.g. --order=-summary_metrics.val_acc"
+    )
     runs.add_argument("--limit", type=_count)
     runs.add_argument("--columns", help="extra columns, e.g. config.lr,summary.loss")
     runs.add_argument("--format", choices=["table", "json", "csv"], default="table")

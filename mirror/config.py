@@ -1,7 +1,8 @@
 """Settings: the TOML file, then the environment, then command-line flags, into one frozen object.
 
-The API key is deliberately not a setting: it is read from ``WANDB_API_KEY`` or netrc when a
-request is made (``mirror.remote``), so it can never end up in a file the mirror writes.
+A W&B API key is deliberately not a setting, so it can never end up in a file the mirror writes.
+Keys the server accepts are read here from the file only; ``mirror.serve.auth`` adds the ones in
+``WANDB_MIRROR_SERVE_KEYS``.
 """
 
 from __future__ import annotations
@@ -40,18 +41,14 @@ class Settings:
     """Everything configurable, resolved once at start-up."""
 
     database: str | None = None
-    base_url: str = "https://api.wandb.ai"
     entity: str | None = None
-    projects: tuple[str, ...] = ()
     serve: ServeSettings = field(default_factory=ServeSettings)
     source: Path | None = None
 
 
 _KNOWN = {
     "database": str,
-    "base_url": str,
     "entity": str,
-    "projects": list,
     "serve": dict,
 }
 _SERVE_KNOWN = {"host": str, "port": int, "api_keys": list}
@@ -93,17 +90,14 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     _check(data, _KNOWN, "", file)
     serve_table = data.get("serve", {})
     _check(serve_table, _SERVE_KNOWN, "serve.", file)
-    env_keys = [k for k in os.environ.get("WANDB_MIRROR_SERVE_KEYS", "").split(",") if k.strip()]
     serve = ServeSettings(
         host=serve_table.get("host", ServeSettings.host),
         port=serve_table.get("port", ServeSettings.port),
-        api_keys=tuple(serve_table.get("api_keys", [])) + tuple(k.strip() for k in env_keys),
+        api_keys=tuple(serve_table.get("api_keys", [])),
     )
     return Settings(
         database=os.environ.get("WANDB_MIRROR_DB") or data.get("database"),
-        base_url=os.environ.get("WANDB_BASE_URL") or data.get("base_url", Settings.base_url),
         entity=os.environ.get("WANDB_ENTITY") or data.get("entity"),
-        projects=tuple(data.get("projects", [])),
         serve=serve,
         source=file if file.is_file() else None,
     )

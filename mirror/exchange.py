@@ -40,7 +40,7 @@ from mirror.store.engine import analyze, read_transaction, write_transaction
 from mirror.store.fields import dumps, loads, unwrap_config
 from mirror.store.history import Chunk, step_of
 from mirror.store.models import NODE_COLUMNS, NODE_JSON_COLUMNS, runs
-from mirror.store.read import find_project, iter_chunks, iter_rows
+from mirror.store.read import find_project, iter_chunks, iter_rows, iter_runs
 from mirror.store.upsert import append_history, last_step, upsert_runs
 
 Format = Literal["jsonl", "parquet", "csv"]
@@ -58,6 +58,12 @@ class ExchangeSummary:
     history_rows: int
     event_rows: int
     directory: Path
+
+    def __str__(self) -> str:
+        return (
+            f"{self.runs} runs, {self.history_rows} history rows and {self.event_rows} "
+            f"system-metric rows in {self.directory}"
+        )
 
 
 # ---------------------------------------------------------------- export
@@ -77,12 +83,14 @@ def export_project(
     with read_transaction(engine) as conn:
         found = find_project(conn, entity, project)
         if found is None:
-            raise MirrorError(f"no project {entity}/{project} in the mirror; sync it first")
+            raise MirrorError(
+                f"no project {entity}/{project} in the mirror; seed or import it first"
+            )
         keys = _run_keys(conn, found["id"])
         run_ids = [run_id for run_id, _name in keys]
         out.mkdir(parents=True, exist_ok=True)
         if fmt == "jsonl":
-            lines = (run_line(run, entity, project) for run in _iter_runs(conn, run_ids))
+            lines = (run_line(run, entity, project) for run in iter_runs(conn, run_ids))
             _write_jsonl(out / RUNS_FILE, (dumps(line) for line in lines))
         else:
             _write_table(out / f"runs.{fmt}", _RunsTable(conn, run_ids, entity, project))
@@ -118,15 +126,6 @@ def _run_keys(conn: Connection, project_id: int) -> list[tuple[int, str]]:
         .order_by(runs.c.created_at, runs.c.name)
     )
     return [(row.id, row.name) for row in conn.execute(query)]
-
-
-def _iter_runs(conn: Connection, run_ids: Sequence[int]) -> Iterator[RowMapping]:
-    """Full run rows in ``run_ids`` order, a few hundred at a time."""
-    for start in range(0, len(run_ids), _BATCH):
-        part = run_ids[start : start + _BATCH]
-        rows = conn.execute(select(runs).where(runs.c.id.in_(part))).mappings().all()
-        by_id = {row["id"]: row for row in rows}
-        yield from (by_id[i] for i in part)
 
 
 def _write_jsonl(path: Path, lines: Iterable[str]) -> int:
@@ -249,7 +248,7 @@ class _RunsTable:
         self.conn, self.run_ids, self.entity, self.project = conn, run_ids, entity, project
 
     def _records(self) -> Iterator[dict[str, Any]]:
-        for run in _iter_runs(self.conn, self.run_ids):
+        for run in iter_runs(self.conn, self.run_ids):
             yield flat_run(run_line(run, self.entity, self.project))
 
     def learn(self) -> _Types:
@@ -386,21 +385,9 @@ def _what(value: Any) -> str:
     )
 
 
-_TEXT_FIELDS = (
-    "id",
-    "displayName",
-    "state",
-    "group",
-    "jobType",
-    "notes",
-    "description",
-    "commit",
-    "host",
-    "sweepName",
-    "heartbeatAt",
-    "updatedAt",
-)
-_OBJECT_FIELDS = ("config", "summaryMetrics", "systemMetrics", "historyKeys", "user")
+#: Run fields that must be text or null (``name`` and ``createdAt`` are checked on their own)
+_TEXT_FIELDS = tuple(f for f in NODE_COLUMNS if f not in ("name", "createdAt", "historyLineCount"))
+_OBJECT_FIELDS = (*(f for f in NODE_JSON_COLUMNS if f != "tags"), "user")
 
 
 def run_problem(line: dict[str, Any]) -> str | None:

@@ -22,7 +22,7 @@ def clean_env(monkeypatch, tmp_path: Path):
 
 def test_the_example_config_loads():
     settings = load_settings(EXAMPLE)
-    assert settings.projects == ("my-team/my-project",)
+    assert settings.database == "~/.local/share/wandb-mirror/mirror.db"
     assert settings.serve.host == "127.0.0.1" and settings.serve.port == 8080
 
 
@@ -35,10 +35,9 @@ def test_environment_wins_over_the_file(tmp_path: Path, monkeypatch):
     file = tmp_path / "c.toml"
     file.write_text('database = "/a.db"\n[serve]\napi_keys = ["k1"]\n')
     monkeypatch.setenv("WANDB_MIRROR_DB", "/b.db")
-    monkeypatch.setenv("WANDB_MIRROR_SERVE_KEYS", "k2, k3")
     settings = load_settings(file)
     assert settings.database == "/b.db"
-    assert settings.serve.api_keys == ("k1", "k2", "k3")
+    assert settings.serve.api_keys == ("k1",)
 
 
 @pytest.mark.parametrize(
@@ -48,7 +47,7 @@ def test_environment_wins_over_the_file(tmp_path: Path, monkeypatch):
         ("databse = 'x'\n", "unknown setting 'databse'"),
         ("[serve]\nport = 'eighty'\n", "serve.port must be an integer"),
         ("[serve]\nport = true\n", "serve.port must be an integer"),
-        ("projects = 'one'\n", "projects must be a list"),
+        ("entity = 3\n", "entity must be a string"),
         ("[serve]\napi_keys = [1]\n", "serve.api_keys must be a list of strings"),
     ],
 )

@@ -22,7 +22,7 @@ from mirror.errors import CommError, MirrorError
 from mirror.query.filters import Node, Order, parse_filter, parse_order
 from mirror.query.paths import project_path, run_path
 from mirror.query.sampling import sample_indices
-from mirror.query.sql import count_query, fetch_runs, ordered_ids, runs_query
+from mirror.query.sql import count_query, ordered_ids, runs_query
 from mirror.store import migrate
 from mirror.store import read as store_read
 from mirror.store.engine import make_engine
@@ -211,7 +211,7 @@ class Runs(Sequence["Run"]):
         if number not in self._pages:
             start = number * self.per_page
             ids = self._listing(start + self.per_page)[start : start + self.per_page]
-            rows = self._api._read(fetch_runs, ids) if ids else []
+            rows = self._api._read(lambda conn: list(store_read.iter_runs(conn, ids)))
             self._pages[number] = [Run(self._api, self.entity, self.project, r) for r in rows]
         return self._pages[number]
 

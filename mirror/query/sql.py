@@ -12,7 +12,7 @@ Values are always bound parameters; key paths too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
@@ -35,6 +35,7 @@ from sqlalchemy.sql.elements import KeyedColumnElement
 from mirror.query.filters import And, Compare, Exists, In, Node, Not, Or, Order, Regex, Size
 from mirror.store.fields import MAX_INDEXED_ARRAY, RUN_ATTRIBUTES, Kind, canonical, typed
 from mirror.store.models import field_keys, run_fields, runs
+from mirror.store.read import iter_runs
 
 _OPS = {
     "eq": lambda c, v: c == v,
@@ -65,20 +66,10 @@ def ordered_ids(query: Select) -> Select:
     return query.with_only_columns(runs.c.id)
 
 
-def fetch_runs(conn: Connection, ids: Sequence[int]) -> list[RowMapping]:
-    """``runs`` rows by id, in the order given; ids deleted meanwhile are left out."""
-    by_id: dict[int, RowMapping] = {}
-    for start in range(0, len(ids), 500):
-        part = list(ids[start : start + 500])
-        rows = conn.execute(select(runs).where(runs.c.id.in_(part))).mappings()
-        by_id.update((row["id"], row) for row in rows)
-    return [by_id[run_id] for run_id in ids if run_id in by_id]
-
-
 def fetch_page(conn: Connection, query: Select, offset: int, limit: int) -> list[RowMapping]:
     """One page of a :func:`runs_query`: ordered and cut on ids, then rows by primary key."""
     ids = conn.execute(ordered_ids(query).offset(offset).limit(limit)).scalars().all()
-    return fetch_runs(conn, ids)
+    return list(iter_runs(conn, ids))
 
 
 def count_query(project_id: int, node: Node) -> Select:

@@ -1,7 +1,7 @@
 """Fault injection for tests and benchmarks: W&B's failure modes, on demand and reproducible.
 
-A mirror's sync must survive what W&B does to clients (PROTOCOL.md, "Errors, retries, rate
-limits" and the paging bug of issues 6614/7666). The server can play each of those back, off by
+A mirror's sync must survive what W&B does to clients (errors, retries, rate limits, and the
+paging bug of issues 6614/7666). The server can play each of those back, off by
 default, so that tests in another process can switch them on with a command-line option or an
 environment variable:
 

@@ -1,4 +1,4 @@
-"""Write resolvers with W&B's semantics (PROTOCOL.md, "Writing back").
+"""Write resolvers with W&B's semantics for ``upsertBucket``, ``deleteRun``, ``updateRunState``.
 
 ``upsertBucket`` deep-merges config (a key missing from the input survives, W&B issue 11055),
 replaces summary and tags, sets the plain fields it is given, and creates a run from ``name`` +
@@ -97,10 +97,13 @@ def _locate(conn: Connection, data: dict[str, Any]) -> tuple[str, str, str, RowM
 
 
 def _node(data: dict[str, Any], name: str, existing: RowMapping | None) -> dict[str, Any]:
-    """The W&B Run node to upsert: only what the input sets, merged as W&B merges it."""
+    """The W&B Run node to upsert: only what the input sets, merged as W&B merges it.
+
+    ``existing`` is the live run the input updates; ``None`` makes a new run, every field reset.
+    """
     now = utcnow()
     node: dict[str, Any] = {"name": name, "updatedAt": now}
-    if existing is None or existing["deleted_at"] is not None:
+    if existing is None:
         node.update(dict.fromkeys([*NODE_COLUMNS, *NODE_JSON_COLUMNS]))  # every field reset
         node.update(name=name, createdAt=now, heartbeatAt=now, updatedAt=now, state="running")
         node.update(config={}, summaryMetrics={}, systemMetrics={}, tags=[], historyLineCount=0)
@@ -114,8 +117,7 @@ def _node(data: dict[str, Any], name: str, existing: RowMapping | None) -> dict[
         node["tags"] = list(data["tags"])
     if data.get("config") is not None:
         patch = _json_object(data["config"], "config")
-        live = existing is not None and existing["deleted_at"] is None
-        base = (loads(existing["config"], {}) or {}) if live else {}
+        base = {} if existing is None else loads(existing["config"], {}) or {}
         node["config"] = dumps(deep_merge(base, patch))
     if data.get("summaryMetrics") is not None:
         node["summaryMetrics"] = dumps(_json_object(data["summaryMetrics"], "summaryMetrics"))
@@ -129,11 +131,12 @@ def resolve_upsert_bucket(_root: Any, info: GraphQLResolveInfo, input: dict[str,
     with write_transaction(ctx.engine) as conn:
         entity, project, name, existing = _locate(conn, input)
         inserted = existing is None or existing["deleted_at"] is not None
-        ids = upsert_runs(conn, entity, project, [_node(input, name, existing)])
-        if existing is not None and existing["deleted_at"] is not None:
+        ids = upsert_runs(
+            conn, entity, project, [_node(input, name, None if inserted else existing)]
+        )
+        if existing is not None and inserted:
             # the row is reused, but the run is new: nothing of the deleted run's history stays
             conn.execute(delete(history_chunks).where(history_chunks.c.run_id == ids[name]))
-            conn.execute(update(runs).where(runs.c.id == ids[name]).values(deleted_at=None))
         bucket = conn.execute(select(runs).where(runs.c.id == ids[name])).mappings().one()
     return {"bucket": bucket, "inserted": inserted}
 

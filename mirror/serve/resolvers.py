@@ -1,7 +1,7 @@
 """Read resolvers: W&B's ``Query``, ``Project`` and ``Run`` fields over the store.
 
 Sources are plain rows of the ``projects`` and ``runs`` tables; every field turns one row into
-exactly what W&B sends (PROTOCOL.md): JSON *strings* for config and summaries, JSON objects for
+exactly what W&B sends: JSON *strings* for config and summaries, JSON objects for
 ``historyKeys`` and sampled rows, naive UTC dates, storage ids, ``null`` for what is missing.
 """
 

@@ -73,7 +73,7 @@ def upgrade(engine: Engine, revision: str = "head") -> Path | None:
     """Bring the database to ``revision``; returns the snapshot taken first, if one was needed.
 
     A non-empty SQLite database is snapshotted before any upgrade that changes it, so a failed or
-    regretted migration can be undone with ``wandb-mirror restore``.
+    regretted migration can be undone by copying the snapshot back over the database file.
     """
     target = head_revision() if revision == "head" else revision
     current = current_revision(engine)

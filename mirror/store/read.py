@@ -36,6 +36,16 @@ def find_run_by_storage_id(conn: Connection, storage_id: str) -> RowMapping | No
     return conn.execute(select(runs).where(runs.c.storage_id == storage_id)).mappings().first()
 
 
+def iter_runs(conn: Connection, ids: Sequence[int]) -> Iterator[RowMapping]:
+    """``runs`` rows by id, in the order given, a few hundred at a time (an export of 100,000
+    runs never holds them all); ids deleted meanwhile are left out."""
+    for start in range(0, len(ids), 500):
+        part = list(ids[start : start + 500])
+        rows = conn.execute(select(runs).where(runs.c.id.in_(part))).mappings().all()
+        by_id = {row["id"]: row for row in rows}
+        yield from (by_id[run_id] for run_id in part if run_id in by_id)
+
+
 @dataclass(frozen=True)
 class ChunkSpan:
     """Where a stored chunk sits: enough to fetch it, and to tell when it was rewritten."""
