@@ -22,9 +22,8 @@ from mirror.serve.errors import HttpError, RequestError
 from mirror.serve.jsonout import RawJSON
 from mirror.serve.paging import encode_cursor, start_after
 from mirror.store.fields import dumps, loads
-from mirror.store.history import history_keys_of
 from mirror.store.models import NODE_COLUMNS, projects, runs
-from mirror.store.read import find_project, find_run, iter_rows
+from mirror.store.read import find_project, find_run
 
 DEFAULT_PAGE_SIZE = 50
 Resolver = Callable[..., Any]
@@ -261,7 +260,7 @@ def resolve_history_keys(run: RowMapping, info: GraphQLResolveInfo) -> Any:
     """Stored as W&B sent it; computed from the mirrored rows when W&B's copy is missing."""
     if run["history_keys"] is not None:
         return RawJSON(run["history_keys"])
-    return history_keys_of(iter_rows(_conn(info), run["id"]))
+    return _ctx(info).chunks.history_keys(_conn(info), run["id"])
 
 
 def resolve_history(
