@@ -17,7 +17,7 @@ from mirror import __version__
 from mirror.config import Settings, load_settings
 from mirror.errors import MirrorError
 from mirror.store import migrate
-from mirror.store.engine import make_engine
+from mirror.store.engine import make_engine, sqlite_path
 
 EXIT_ERROR = 1
 
@@ -235,6 +235,66 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_from_args(args) or 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    """``sync`` and ``pull``: one cycle per project; exit 1 unless everything synced."""
+    from mirror.progress import BarProgress
+    from mirror.sync.cycle import make_client, pull_all, targets
+
+    settings = _settings(args)
+    wanted = targets(settings, args.paths, no_history=args.no_history)
+    client = make_client(settings)
+    progress = BarProgress() if sys.stderr.isatty() else None
+    try:
+        reports = pull_all(
+            lambda: _open_for_writing(args),
+            client,
+            settings,
+            wanted,
+            full=args.full,
+            force_deletions=args.force_deletions,
+            progress=progress,
+        )
+    finally:
+        client.close()
+    for report in reports:
+        for note in report.notes:
+            print(f"{report.path}: note: {note}", file=sys.stderr)
+        for name, reason in list(report.skipped.items())[:10]:
+            print(f"{report.path}/{name}: skipped: {reason}", file=sys.stderr)
+        print(report.line())
+    return 0 if all(report.ok for report in reports) else EXIT_ERROR
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mirror.sync.state import project_statuses
+
+    engine = _open(args)
+    with engine.connect() as conn:
+        statuses = project_statuses(conn)
+    if not statuses:
+        print("the mirror holds no project yet; run `wandb-mirror sync ENTITY/PROJECT`")
+    for st in statuses:
+        lag = ""
+        if st.remote_run_count is not None and st.remote_run_count != st.runs:
+            lag = f", W&B listed {st.remote_run_count} at the last pull"
+        print(
+            f"{st.path}: {st.runs} runs ({st.deleted} deleted), {st.history_rows:,} history rows"
+            f"{lag}"
+        )
+        print(f"  last success: {st.last_success_at or 'never'}")
+        if st.last_summary:
+            print(f"  last pull:    {st.last_summary}")
+        if st.last_error:
+            print(f"  last error:   {st.last_error}")
+        if st.failing_runs:
+            print(f"  {st.failing_runs} runs failed to sync and are retried next cycle")
+    path = sqlite_path(str(engine.url))
+    if path is not None:
+        size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
+        print(f"database: {path} ({size / 1e6:.1f} MB with its WAL)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mirror.demo import run_demo
 
@@ -307,6 +367,25 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest in ("host", "port"):  # unset: the config file's [serve] decides
             action.default = None
     serve.set_defaults(fn=cmd_serve)
+
+    for name, what in (("sync", "one sync cycle"), ("pull", "pull from W&B")):
+        cmd = sub.add_parser(name, help=f"{what}: runs and history of the projects into the mirror")
+        cmd.add_argument(
+            "paths", nargs="*", metavar="ENTITY/PROJECT", help="default: the config's [[project]]s"
+        )
+        cmd.add_argument(
+            "--full", action="store_true", help="reconcile every run, not just moved ones"
+        )
+        cmd.add_argument("--no-history", action="store_true", help="runs only, no history rows")
+        cmd.add_argument(
+            "--force-deletions",
+            action="store_true",
+            help="tombstone missing runs even when the mass-deletion guard would refuse",
+        )
+        cmd.set_defaults(fn=cmd_sync)
+
+    status = sub.add_parser("status", help="last sync per project, failures, database size")
+    status.set_defaults(fn=cmd_status)
 
     demo = sub.add_parser("demo", help="seed a synthetic project and query it offline")
     demo.add_argument("--runs", type=_count, default=300)

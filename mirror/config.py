@@ -1,6 +1,7 @@
 """Settings: the TOML file, then the environment, then command-line flags, into one frozen object.
 
-A W&B API key is deliberately not a setting, so it can never end up in a file the mirror writes.
+A W&B API key is deliberately not a setting, so it can never end up in a file the mirror writes
+(``mirror.remote.auth`` finds it in the environment or netrc when a sync needs it).
 Keys the server accepts are read here from the file only; ``mirror.serve.auth`` adds the ones in
 ``WANDB_MIRROR_SERVE_KEYS``.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mirror.errors import ConfigError
+from mirror.remote.client import RemoteSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,37 +38,159 @@ class ServeSettings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
 
 
+#: ``history`` of a project: every key (True), none (False), or only these keys
+HistoryChoice = bool | tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    """One project to mirror, as a ``[[project]]`` table names it."""
+
+    path: str
+    history: HistoryChoice | None = None  # None: the ``[sync] history`` default
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """How a pull cycle reads W&B: what, how much at a time, how many runs at once."""
+
+    history: HistoryChoice = True
+    concurrency: int = 4
+    listing_page: int = 1000
+    record_batch: int = 100
+    history_page: int = 1000
+    event_samples: int = 100_000
+    parquet: bool = True
+    parquet_min_rows: int = 5000
+    max_delete_fraction: float = 0.5
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, resolved once at start-up."""
 
     database: str | None = None
     entity: str | None = None
+    base_url: str | None = None
     serve: ServeSettings = field(default_factory=ServeSettings)
+    remote: RemoteSettings = field(default_factory=RemoteSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    projects: tuple[ProjectSettings, ...] = ()
     source: Path | None = None
 
 
-_KNOWN = {
+_NUMBER = (int, float)
+_KNOWN: dict[str, Any] = {
     "database": str,
     "entity": str,
     "serve": dict,
+    "remote": dict,
+    "sync": dict,
+    "project": list,
 }
-_SERVE_KNOWN = {"host": str, "port": int, "api_keys": list}
+_SERVE_KNOWN: dict[str, Any] = {"host": str, "port": int, "api_keys": list}
+#: ``[remote]`` setting → (RemoteSettings field, type, smallest allowed value)
+_REMOTE_KNOWN: dict[str, tuple[str, Any, float]] = {
+    "base_url": ("", str, 0),
+    "timeout": ("timeout_s", _NUMBER, 0.1),
+    "connect_timeout": ("connect_timeout_s", _NUMBER, 0.1),
+    "max_attempts": ("max_attempts", int, 1),
+    "retry_budget": ("retry_budget", int, 0),
+    "backoff_initial": ("backoff_initial_s", _NUMBER, 0),
+    "backoff_max": ("backoff_max_s", _NUMBER, 0),
+    "min_interval": ("min_interval_s", _NUMBER, 0),
+    "slow_below": ("slow_below", _NUMBER, 0),
+}
+#: ``[sync]`` setting → (type, smallest allowed value)
+_SYNC_KNOWN: dict[str, tuple[Any, float]] = {
+    "history": ((bool, list), 0),
+    "concurrency": (int, 1),
+    "listing_page": (int, 1),
+    "record_batch": (int, 1),
+    "history_page": (int, 1),
+    "event_samples": (int, 1),
+    "parquet": (bool, 0),
+    "parquet_min_rows": (int, 0),
+    "max_delete_fraction": (_NUMBER, 0),
+}
+_PROJECT_KNOWN: dict[str, Any] = {"path": str, "history": (bool, list)}
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "a table"}
+_TYPE_NAMES.update(
+    {bool: "true or false", _NUMBER: "a number", (bool, list): "true, false or a list"}
+)
 
 
-def _check(table: dict[str, Any], known: dict[str, type], where: str, path: Path) -> None:
+def _check(table: dict[str, Any], known: dict[str, Any], where: str, path: Path) -> None:
     for key, value in table.items():
         if key not in known:
             names = ", ".join(sorted(known))
             raise ConfigError(f"{path}: unknown setting {where}{key!r}; known settings: {names}")
         expected = known[key]
-        if not isinstance(value, expected) or isinstance(value, bool) and expected is int:
+        wrong_bool = isinstance(value, bool) and bool not in (
+            expected if isinstance(expected, tuple) else (expected,)
+        )
+        if not isinstance(value, expected) or wrong_bool:
             raise ConfigError(
                 f"{path}: {where}{key} must be {_TYPE_NAMES[expected]}, not {value!r}"
             )
-        if expected is list and not all(isinstance(item, str) for item in value):
+        if (
+            isinstance(value, list)
+            and key != "project"
+            and not all(isinstance(item, str) for item in value)
+        ):
             raise ConfigError(f"{path}: {where}{key} must be a list of strings")
+
+
+def _at_least(value: float, low: float, name: str, path: Path) -> None:
+    if value < low:
+        raise ConfigError(f"{path}: {name} must be at least {low:g}, not {value!r}")
+
+
+def _history(value: bool | list[str]) -> HistoryChoice:
+    return value if isinstance(value, bool) else tuple(value)
+
+
+def _remote(table: dict[str, Any], path: Path) -> RemoteSettings:
+    _check(table, {k: t for k, (_f, t, _low) in _REMOTE_KNOWN.items()}, "remote.", path)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        name, _type, low = _REMOTE_KNOWN[key]
+        if name:
+            _at_least(value, low, f"remote.{key}", path)
+            values[name] = value
+    if not 0 <= values.get("slow_below", 0) <= 1:
+        raise ConfigError(f"{path}: remote.slow_below must be between 0 and 1")
+    return RemoteSettings(**values)
+
+
+def _sync(table: dict[str, Any], path: Path) -> SyncSettings:
+    _check(table, {k: t for k, (t, _low) in _SYNC_KNOWN.items()}, "sync.", path)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key == "history":
+            values[key] = _history(value)
+        else:
+            if not isinstance(value, bool):
+                _at_least(value, _SYNC_KNOWN[key][1], f"sync.{key}", path)
+            values[key] = value
+    if values.get("max_delete_fraction", 0) > 1:
+        raise ConfigError(f"{path}: sync.max_delete_fraction must be between 0 and 1")
+    return SyncSettings(**values)
+
+
+def _projects(items: list[Any], path: Path) -> tuple[ProjectSettings, ...]:
+    found = []
+    for i, item in enumerate(items):
+        where = f"project[{i}]."
+        if not isinstance(item, dict):
+            raise ConfigError(f"{path}: each [[project]] must be a table with a path")
+        _check(item, _PROJECT_KNOWN, where, path)
+        text = item.get("path", "")
+        if text.count("/") != 1 or not all(text.split("/")):
+            raise ConfigError(f"{path}: {where}path must be ENTITY/PROJECT, not {text!r}")
+        history = item.get("history")
+        found.append(ProjectSettings(text, None if history is None else _history(history)))
+    return tuple(found)
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
@@ -95,9 +219,14 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         port=serve_table.get("port", ServeSettings.port),
         api_keys=tuple(serve_table.get("api_keys", [])),
     )
+    remote_table = data.get("remote", {})
     return Settings(
         database=os.environ.get("WANDB_MIRROR_DB") or data.get("database"),
         entity=os.environ.get("WANDB_ENTITY") or data.get("entity"),
+        base_url=os.environ.get("WANDB_BASE_URL") or remote_table.get("base_url"),
         serve=serve,
+        remote=_remote(remote_table, file),
+        sync=_sync(data.get("sync", {}), file),
+        projects=_projects(data.get("project", []), file),
         source=file if file.is_file() else None,
     )

@@ -162,6 +162,20 @@ sync_state = Table(
     Column("last_reconcile_at", String(32)),
     Column("remote_run_count", Integer),
     Column("last_error", Text),
+    Column("last_success_at", String(32)),
+    Column("last_summary", Text),  # the closing line of the last pull, for ``status``
+)
+
+run_sync = Table(
+    "run_sync",
+    metadata,
+    Column("run_id", Integer, ForeignKey("runs.id"), primary_key=True),
+    # What W&B's lightweight listing showed when everything of the run was last mirrored; a run
+    # whose listing differs (or that has none, after a crash mid-run) is fetched again.
+    Column("fingerprint", Text),
+    Column("synced_at", String(32)),
+    Column("failures", Integer, nullable=False, default=0),  # consecutive failed cycles
+    Column("last_error", Text),
 )
 
 outbox = Table(
