@@ -259,6 +259,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     for report in reports:
         for note in report.notes:
             print(f"{report.path}: note: {note}", file=sys.stderr)
+        if report.held_back:
+            print(f"{report.path}: deletions held back: {report.held_back}", file=sys.stderr)
         for name, reason in list(report.skipped.items())[:10]:
             print(f"{report.path}/{name}: skipped: {reason}", file=sys.stderr)
         print(report.line())

@@ -99,10 +99,12 @@ class PullReport:
     skipped: dict[str, str] = field(default_factory=dict)  # run name → reason
     notes: list[str] = field(default_factory=list)
     error: str | None = None  # the project could not be synced at all
+    held_back: str | None = None  # why deletions were not applied (listing incomplete, guard)
 
     @property
     def ok(self) -> bool:
-        return self.error is None and not self.skipped
+        """Everything W&B holds is mirrored, deletions included."""
+        return self.error is None and not self.skipped and self.held_back is None
 
     def line(self) -> str:
         if self.error:
@@ -192,7 +194,7 @@ class ProjectPull:
         if self.report.error:
             return
         report = self.report
-        reason = None
+        reason = report.held_back
         if report.skipped:
             first = next(iter(report.skipped.items()))
             reason = f"{len(report.skipped)} runs skipped, e.g. {first[0]}: {first[1]}"[:500]
@@ -230,8 +232,9 @@ class ProjectPull:
             state.record_pull(
                 conn, project_id, last_pull_started_at=started, remote_run_count=run_count
             )
-        if plan.guard:
-            self.report.notes.append(plan.guard)
+        self.report.held_back = plan.guard or (
+            None if complete else "W&B's listing stayed incomplete, so no run was tombstoned"
+        )
         old = {run.name: run.fingerprint for run in local}
         self.report.deleted = len(plan.gone)
         self.report.unchanged = plan.unchanged

@@ -1,0 +1,232 @@
+"""The sync engine against ``serve`` as a real process: exact, incremental, guarded, and clear
+about what it could not do."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from server_process import free_port
+from sqlalchemy import select
+from sync_env import (
+    KEY,
+    PATH,
+    PROJECT,
+    Upstream,
+    requests_of,
+    run_cli,
+    seed_upstream,
+    summary_line,
+    sync_env,
+)
+from mirror_compare import differences
+
+from mirror.store.engine import make_engine
+from mirror.store.models import runs
+
+RUNS, STEPS = 30, 120
+
+
+@pytest.fixture
+def upstream(tmp_path: Path):
+    db = seed_upstream(tmp_path / "upstream.db", RUNS, STEPS)
+    with Upstream(db, tmp_path / "serve.log") as up:
+        yield up
+
+
+def sync(up: Upstream, mirror: Path, home: Path, *args: str, config: str | None = None):
+    env = sync_env(up.url, home)
+    extra = []
+    if config is not None:
+        (home / "c.toml").write_text(config)
+        extra = ["--config", str(home / "c.toml")]
+    return run_cli(["--db", str(mirror), *extra, "sync", PATH, *args], env)
+
+
+def test_a_sync_gives_an_exact_mirror_and_a_resync_asks_almost_nothing(upstream, tmp_path):
+    mirror = tmp_path / "mirror.db"
+    first = sync(upstream, mirror, tmp_path)
+    assert first.returncode == 0, first.stderr
+    line = summary_line(first)
+    assert f"{RUNS} runs new" in line and "0 skipped" in line
+    assert differences(upstream.db, mirror, "acme", PROJECT) == []
+
+    served = upstream.requests_served()
+    again = sync(upstream, mirror, tmp_path)
+    assert again.returncode == 0, again.stderr
+    line = summary_line(again)
+    assert "0 runs new, 0 changed, 0 deleted, 0 history rows" in line
+    # one listing page (1000 runs a page) plus the key check: ceil(30/1000) + 1
+    assert upstream.requests_served() - served == 2
+    assert requests_of(line) == 1
+
+
+def test_the_next_sync_reflects_every_upstream_change_and_fetches_only_what_moved(
+    upstream, tmp_path
+):
+    mirror = tmp_path / "mirror.db"
+    assert sync(upstream, mirror, tmp_path).returncode == 0
+    names = upstream.names()
+    running = upstream.run_with_state("running")
+    finishing = [n for n in names if n != running][0]
+    edited, tagged, deleted = [n for n in names if n not in (running, finishing)][:3]
+    upstream.log_history(running, 2500)  # three windows of 1000 steps, events in the first
+    upstream.log_history(finishing, 10, finish=True)
+    upstream.edit(edited, summaryMetrics={"best": 0.93, "nan": math.nan, "inf": math.inf})
+    upstream.edit(tagged, tags=["fresh", "ünï"], notes="edited in the UI")
+    upstream.add_run("newrun01", 40)
+    upstream.delete(deleted)
+
+    served = upstream.requests_served()
+    result = sync(upstream, mirror, tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = summary_line(result)
+    assert "1 runs new, 4 changed, 1 deleted, 2,550 history rows" in line
+    assert differences(upstream.db, mirror, "acme", PROJECT) == []
+    # key check + listing + one record batch + history: running 3 windows, finishing 1, new 1
+    assert upstream.requests_served() - served == 1 + 1 + 1 + 3 + 1 + 1
+    engine = make_engine(mirror, create=False)
+    with engine.connect() as conn:
+        gone = conn.execute(select(runs.c.deleted_at).where(runs.c.name == deleted)).scalar()
+    engine.dispose()
+    assert gone is not None  # tombstoned, never dropped
+
+
+def test_the_mass_deletion_guard_keeps_the_mirror_when_the_listing_comes_back_empty(
+    upstream, tmp_path
+):
+    mirror = tmp_path / "mirror.db"
+    assert sync(upstream, mirror, tmp_path).returncode == 0
+    for name in upstream.names():
+        upstream.delete(name)
+    result = sync(upstream, mirror, tmp_path)
+    assert result.returncode == 1
+    assert "deletions held back: W&B listed no runs while the mirror holds 30" in result.stderr
+    engine = make_engine(mirror, create=False)
+    with engine.connect() as conn:
+        live = conn.execute(select(runs.c.name).where(runs.c.deleted_at.is_(None))).all()
+    engine.dispose()
+    assert len(live) == RUNS
+    forced = sync(upstream, mirror, tmp_path, "--force-deletions")
+    assert forced.returncode == 0, forced.stderr
+    assert f"{RUNS} deleted" in summary_line(forced)
+
+
+def test_paging_that_repeats_and_skips_runs_still_gives_every_run(tmp_path):
+    db = seed_upstream(tmp_path / "upstream.db", 40, 20)
+    with Upstream(db, tmp_path / "serve.log", ("--fault-page-repeat", "2")) as up:
+        mirror = tmp_path / "mirror.db"
+        result = sync(up, mirror, tmp_path, config="[sync]\nlisting_page = 7\n")
+        assert result.returncode == 0, result.stderr
+        assert "repeated runs and left out" in result.stderr
+        assert "40 runs new" in summary_line(result)
+        assert differences(db, mirror, "acme", PROJECT) == []
+
+
+def test_no_history_mirrors_runs_only_and_a_later_sync_fetches_the_history(upstream, tmp_path):
+    mirror = tmp_path / "mirror.db"
+    first = sync(upstream, mirror, tmp_path, "--no-history")
+    assert first.returncode == 0, first.stderr
+    assert "0 history rows" in summary_line(first)
+    second = sync(upstream, mirror, tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert differences(upstream.db, mirror, "acme", PROJECT) == []
+
+
+def test_a_history_key_list_keeps_only_those_keys(upstream, tmp_path):
+    mirror = tmp_path / "mirror.db"
+    config = f'[[project]]\npath = "{PATH}"\nhistory = ["loss"]\n'
+    result = sync(upstream, mirror, tmp_path, config=config)
+    assert result.returncode == 0, result.stderr
+    from mirror_compare import snapshot
+
+    rows = [row for run in snapshot(mirror, "acme", PROJECT).values() for row in run["history"]]
+    assert rows and all(set(row) <= {"loss", "_step", "_runtime", "_timestamp"} for row in rows)
+    assert any("loss" in row for row in rows)
+
+
+def test_a_refused_key_is_one_line_naming_the_host_and_writes_nothing(tmp_path):
+    db = seed_upstream(tmp_path / "upstream.db", 3, 5)
+    with Upstream(db, tmp_path / "serve.log", ("--api-key", "the-right-key")) as up:
+        mirror = tmp_path / "mirror.db"
+        result = sync(up, mirror, tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"127.0.0.1:{up.server.port} refused the API key" in lines[0]
+    assert "wandb login --host" in lines[0] and "WANDB_API_KEY" in lines[0]
+    assert KEY not in result.stderr + result.stdout
+    assert not mirror.exists()
+
+
+def test_an_unreachable_host_is_one_line_and_writes_nothing(tmp_path):
+    mirror = tmp_path / "mirror.db"
+    env = sync_env(f"http://127.0.0.1:{free_port()}", tmp_path)
+    (tmp_path / "c.toml").write_text("[remote]\nmax_attempts = 2\nbackoff_initial = 0.1\n")
+    result = run_cli(["--db", str(mirror), "--config", str(tmp_path / "c.toml"), "sync", PATH], env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach 127.0.0.1" in lines[0], result.stderr
+    assert "gave up after 2 attempts" in lines[0]
+    assert not mirror.exists()
+
+
+def test_no_key_anywhere_says_how_to_log_in(tmp_path):
+    env = sync_env("http://127.0.0.1:9", tmp_path)
+    del env["WANDB_API_KEY"]
+    env["NETRC"] = str(tmp_path / "no-netrc")
+    result = run_cli(["--db", str(tmp_path / "m.db"), "sync", PATH], env)
+    assert result.returncode == 1
+    assert "no W&B API key for 127.0.0.1:9: run `wandb login --host" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_missing_project_is_one_line_and_the_other_projects_still_sync(upstream, tmp_path):
+    mirror = tmp_path / "mirror.db"
+    env = sync_env(upstream.url, tmp_path)
+    result = run_cli(["--db", str(mirror), "sync", "acme/nosuch", PATH], env)
+    assert result.returncode == 1
+    assert "acme/nosuch: not synced: acme/nosuch does not exist on 127.0.0.1" in result.stdout
+    assert f"{RUNS} runs new" in summary_line(result)
+    assert differences(upstream.db, mirror, "acme", PROJECT) == []
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[sync\n", "not valid TOML"),
+        ("[sync]\nconcurrency = 0\n", "sync.concurrency must be at least 1"),
+        ("[remote]\ntimeout = 'soon'\n", "remote.timeout must be a number"),
+        ('[[project]]\npath = "no-slash"\n', "project[0].path must be ENTITY/PROJECT"),
+    ],
+)
+def test_a_malformed_config_is_one_line_and_writes_nothing(tmp_path, text, message):
+    (tmp_path / "c.toml").write_text(text)
+    env = sync_env("http://127.0.0.1:9", tmp_path)
+    mirror = tmp_path / "m.db"
+    result = run_cli(["--db", str(mirror), "--config", str(tmp_path / "c.toml"), "sync", PATH], env)
+    assert result.returncode == 1
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not mirror.exists()
+
+
+def test_status_shows_the_last_sync(upstream, tmp_path):
+    mirror = tmp_path / "mirror.db"
+    assert sync(upstream, mirror, tmp_path).returncode == 0
+    result = run_cli(["--db", str(mirror), "status"], sync_env(upstream.url, tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert f"{PATH}: {RUNS} runs (0 deleted)" in result.stdout
+    assert "last pull:    acme/vision: 30 runs new" in result.stdout
+    assert "last success: 20" in result.stdout
+
+
+def test_the_key_is_never_written_or_printed(upstream, tmp_path):
+    mirror = tmp_path / "mirror.db"
+    result = sync(upstream, mirror, tmp_path)
+    assert result.returncode == 0
+    assert KEY not in result.stdout + result.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
