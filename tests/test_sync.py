@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from mirror_compare import differences
 from server_process import free_port
 from sqlalchemy import select
 from sync_env import (
@@ -20,7 +21,6 @@ from sync_env import (
     summary_line,
     sync_env,
 )
-from mirror_compare import differences
 
 from mirror.store.engine import make_engine
 from mirror.store.models import runs
