@@ -11,16 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from server_process import ServerProcess, clean_env
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from mirror.store import migrate
-from mirror.store.engine import make_engine, write_transaction
-from mirror.store.fields import dumps, loads
-from mirror.store.history import history_keys_of
+from mirror.store.engine import make_engine
 from mirror.store.models import runs
-from mirror.store.read import find_project, find_run, iter_rows
-from mirror.store.upsert import append_history, upsert_runs, utcnow
 from mirror.synth import seed_project
+from mirror.synth_activity import add_run, delete_run, edit_run, log_steps
 
 ENTITY = "acme"
 PROJECT = "vision"
@@ -109,109 +106,48 @@ class Upstream:
 
     # --- changes, written straight into the upstream database ---------------------------
 
-    def _write(self, fn: Any) -> Any:
+    def _change(self, fn: Any, *args: Any, **kwargs: Any) -> None:
         engine = make_engine(self.db)
         try:
-            with write_transaction(engine) as conn:
-                project = find_project(conn, ENTITY, PROJECT)
-                return fn(conn, project["id"])
+            fn(engine, ENTITY, PROJECT, *args, **kwargs)
+        finally:
+            engine.dispose()
+
+    def _read(self, query: Any) -> Any:
+        engine = make_engine(self.db, create=False)
+        try:
+            with engine.connect() as conn:
+                return conn.execute(query).scalars().all()
         finally:
             engine.dispose()
 
     def names(self) -> list[str]:
-        engine = make_engine(self.db, create=False)
-        try:
-            with engine.connect() as conn:
-                project = find_project(conn, ENTITY, PROJECT)
-                query = select(runs.c.name).where(
-                    runs.c.project_id == project["id"], runs.c.deleted_at.is_(None)
-                )
-                return sorted(conn.execute(query.order_by(runs.c.name)).scalars())
-        finally:
-            engine.dispose()
+        """The live runs' names, sorted."""
+        return self._read(
+            select(runs.c.name).where(runs.c.deleted_at.is_(None)).order_by(runs.c.name)
+        )
 
     def run_with_state(self, state: str) -> str:
-        engine = make_engine(self.db, create=False)
-        try:
-            with engine.connect() as conn:
-                project = find_project(conn, ENTITY, PROJECT)
-                query = select(runs.c.name).where(
-                    runs.c.project_id == project["id"],
-                    runs.c.state == state,
-                    runs.c.deleted_at.is_(None),
-                    runs.c.history_line_count > 0,
-                )
-                return conn.execute(query.order_by(runs.c.name).limit(1)).scalar_one()
-        finally:
-            engine.dispose()
+        """The first live run in ``state`` that has history."""
+        return self._read(
+            select(runs.c.name)
+            .where(
+                runs.c.state == state, runs.c.deleted_at.is_(None), runs.c.history_line_count > 0
+            )
+            .order_by(runs.c.name)
+            .limit(1)
+        )[0]
 
     def log_history(self, name: str, rows: int, finish: bool = False) -> None:
-        """A running run logs ``rows`` more steps (and an event), as the SDK would."""
-
-        def change(conn, pid):
-            run = find_run(conn, pid, name)
-            have = list(iter_rows(conn, run["id"]))
-            last = have[-1]["_step"] if have else -1
-            new = [
-                {"_step": last + 1 + i, "loss": 1.0 / (last + 2 + i), "acc": float("nan")}
-                for i in range(rows)
-            ]
-            append_history(conn, run["id"], new)
-            events = list(iter_rows(conn, run["id"], "events"))
-            append_history(conn, run["id"], [{"system.cpu": 1.5}], "events", start=len(events))
-            keys = history_keys_of([*have, *new])
-            summary = loads(run["summary_metrics"], {})
-            summary.update(new[-1])
-            conn.execute(
-                update(runs)
-                .where(runs.c.id == run["id"])
-                .values(
-                    history_line_count=len(have) + rows,
-                    history_keys=dumps(keys),
-                    summary_metrics=dumps(summary),
-                    heartbeat_at=utcnow(),
-                    updated_at=utcnow(),
-                    state="finished" if finish else "running",
-                )
-            )
-
-        self._write(change)
+        """A running run logs ``rows`` more steps and an event."""
+        self._change(log_steps, name, rows, finish=finish)
 
     def edit(self, name: str, **node: Any) -> None:
-        """Change fields of a run as an edit in W&B's UI would (tags, notes, summary...)."""
-        self._write(
-            lambda conn, pid: upsert_runs(
-                conn, ENTITY, PROJECT, [{"name": name, "updatedAt": utcnow(), **node}]
-            )
-        )
+        """Fields changed as an edit in W&B's UI would (tags, notes, summary...)."""
+        self._change(edit_run, name, **node)
 
     def add_run(self, name: str, steps: int) -> None:
-        rows = [{"_step": i, "loss": 1.0 / (i + 1), "_runtime": i * 0.5} for i in range(steps)]
-
-        def change(conn, pid):
-            node = {
-                "name": name,
-                "displayName": f"new-{name}",
-                "state": "running",
-                "createdAt": utcnow(),
-                "heartbeatAt": utcnow(),
-                "tags": ["new"],
-                "user": {"name": "Nova User", "username": "nova"},
-                "config": dumps({"lr": {"value": 0.1, "desc": None}}),
-                "summaryMetrics": dumps(rows[-1] if rows else {}),
-                "historyLineCount": steps,
-                "historyKeys": history_keys_of(rows),
-            }
-            ids = upsert_runs(conn, ENTITY, PROJECT, [node])
-            append_history(conn, ids[name], rows)
-
-        self._write(change)
+        self._change(add_run, name, steps)
 
     def delete(self, name: str) -> None:
-        self._write(
-            lambda conn, pid: conn.execute(
-                update(runs)
-                .where(runs.c.project_id == pid, runs.c.name == name)
-                .values(deleted_at=utcnow())
-            )
-        )
+        self._change(delete_run, name)

@@ -116,13 +116,26 @@ def test_missing_database_and_broken_config(tmp_path: Path):
     assert str(config) in result.stderr and "not valid TOML" in result.stderr
 
 
-def test_demo_seeds_and_queries(tmp_path: Path):
+def test_demo_mirrors_a_served_upstream_twice_and_queries_it(tmp_path: Path):
     result = run_cli("--db", str(tmp_path / "demo.db"), "demo", "--runs", "20", "--steps", "40")
     assert result.returncode == 0, result.stderr
-    assert "seeded demo/synthetic: 20 runs x 40 steps" in result.stdout
-    assert "top 5 finished runs" in result.stdout and "40 rows x" in result.stdout
+    out = result.stdout
+    assert "upstream: seeded demo/synthetic with 20 runs x 40 steps" in out
+    assert "sync 1: demo/synthetic: 20 runs new, 0 changed, 0 deleted" in out
+    # listing + one record batch + one window for each run that logged steps (running, new)
+    assert (
+        "sync 2 (incremental): demo/synthetic: 1 runs new, 2 changed, 1 deleted, 250 history rows, 4 requests"
+        in out
+    )
+    assert "eval/acc=0.999" in out  # the summary edited upstream, found offline
+    assert "top 5 finished runs" in out and "40 rows x" in out
     again = run_cli("--db", str(tmp_path / "demo.db"), "demo", "--runs", "20", "--steps", "40")
-    assert again.returncode == 0 and "seeded" not in again.stdout  # reuses the mirror
+    assert again.returncode == 0, again.stderr
+    # a fresh upstream again: last time's new run is tombstoned, its deleted run comes back
+    # (history fetched anew), the run that logged 200 steps there has 40 here (rewritten)
+    assert (
+        "sync 1: demo/synthetic: 0 runs new, 3 changed, 1 deleted, 80 history rows" in again.stdout
+    )
 
 
 def test_export_then_import_through_the_cli(seeded: Path, tmp_path: Path, capsys):
