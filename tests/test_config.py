@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,44 @@ def test_keys_never_show_in_a_repr(tmp_path: Path):
     settings = load_settings(file)
     assert settings.serve.api_keys == ("sekret-key-123",)
     assert "sekret" not in repr(settings)
+
+
+def test_the_example_documents_every_remote_and_sync_setting_at_its_default():
+    from mirror.config import _REMOTE_KNOWN, _SYNC_KNOWN, RemoteSettings, SyncSettings
+
+    text = EXAMPLE.read_text()
+    for key in [*_REMOTE_KNOWN, *_SYNC_KNOWN]:
+        assert f"\n{key} = " in text, key
+    settings = load_settings(EXAMPLE)
+    assert settings.remote == RemoteSettings() and settings.sync == SyncSettings()
+    assert settings.base_url == "https://api.wandb.ai" and settings.projects == ()
+
+
+def test_projects_and_their_history_choice_load(tmp_path: Path):
+    file = tmp_path / "c.toml"
+    file.write_text(
+        '[sync]\nhistory = false\n[[project]]\npath = "a/b"\n'
+        '[[project]]\npath = "c/d"\nhistory = ["loss"]\n'
+    )
+    settings = load_settings(file)
+    assert settings.sync.history is False
+    assert [(p.path, p.history) for p in settings.projects] == [("a/b", None), ("c/d", ("loss",))]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[remote]\nmax_attempts = 0\n", "remote.max_attempts must be at least 1"),
+        ("[remote]\nslow_below = 2\n", "remote.slow_below must be between 0 and 1"),
+        ("[sync]\nhistory = 3\n", "sync.history must be true, false or a list"),
+        ("[sync]\nparquet = 1\n", "sync.parquet must be true or false"),
+        ("[sync]\nconcurrency = true\n", "sync.concurrency must be an integer"),
+        ("[sync]\nnope = 1\n", "unknown setting sync.'nope'"),
+        ('[[project]]\npath = "a/b"\nextra = 1\n', "unknown setting project[0].'extra'"),
+    ],
+)
+def test_bad_sync_settings_are_one_clear_line(tmp_path: Path, text: str, message: str):
+    file = tmp_path / "c.toml"
+    file.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(file)
