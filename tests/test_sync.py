@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mirror_compare import differences
 from server_process import free_port
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sync_env import (
     KEY,
     PATH,
@@ -22,8 +22,11 @@ from sync_env import (
     sync_env,
 )
 
-from mirror.store.engine import make_engine
-from mirror.store.models import runs
+from mirror.store.engine import make_engine, write_transaction
+from mirror.store.fields import dumps
+from mirror.store.history import history_keys_of
+from mirror.store.models import history_chunks, runs
+from mirror.store.upsert import append_history, utcnow
 
 RUNS, STEPS = 30, 120
 
@@ -230,3 +233,53 @@ def test_the_key_is_never_written_or_printed(upstream, tmp_path):
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_full_reconcile_catches_what_the_listing_cannot_show(upstream, tmp_path):
+    """An edit of a finished run's config that moved none of the listed fields (W&B's UI can do
+    this) is invisible to a normal cycle and caught by ``--full``."""
+    mirror = tmp_path / "mirror.db"
+    assert sync(upstream, mirror, tmp_path).returncode == 0
+    name = upstream.run_with_state("finished")
+    engine = make_engine(upstream.db)
+    with write_transaction(engine) as conn:
+        conn.execute(
+            update(runs).where(runs.c.name == name).values(config='{"lr": {"value": 0.5}}')
+        )
+    engine.dispose()
+    quiet = sync(upstream, mirror, tmp_path)
+    assert "0 changed" in summary_line(quiet)
+    assert any(
+        d.startswith(f"{name}.config") for d in differences(upstream.db, mirror, "acme", PROJECT)
+    )
+    full = sync(upstream, mirror, tmp_path, "--full")
+    assert full.returncode == 0, full.stderr
+    assert f"{RUNS} changed, 0 deleted, 0 history rows" in summary_line(full)
+    assert differences(upstream.db, mirror, "acme", PROJECT) == []
+
+
+def test_history_rewritten_upstream_is_fetched_anew(upstream, tmp_path):
+    """A resume with rewind: W&B's history of a run now has fewer rows and other values."""
+    mirror = tmp_path / "mirror.db"
+    assert sync(upstream, mirror, tmp_path).returncode == 0
+    name = upstream.run_with_state("finished")
+    engine = make_engine(upstream.db)
+    with write_transaction(engine) as conn:
+        run_id = conn.execute(select(runs.c.id).where(runs.c.name == name)).scalar_one()
+        conn.execute(delete(history_chunks).where(history_chunks.c.run_id == run_id))
+        rows = [{"_step": i, "loss": -float(i)} for i in range(30)]
+        append_history(conn, run_id, rows)
+        conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id)
+            .values(
+                history_line_count=30,
+                history_keys=dumps(history_keys_of(rows)),
+                heartbeat_at=utcnow(),
+            )
+        )
+    engine.dispose()
+    result = sync(upstream, mirror, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 changed, 0 deleted, 30 history rows" in summary_line(result)
+    assert differences(upstream.db, mirror, "acme", PROJECT) == []
