@@ -1,17 +1,23 @@
 """The WSGI application: routing, auth, body parsing, fault injection, errors and access log.
 
-Only ``POST /graphql`` serves data. The official client also posts telemetry (SDK 0.31:
+``POST /graphql`` serves data; ``GET``/``HEAD /parquet/<token>`` serves exported history files
+by signed URL, with no API key, as W&B's pre-signed object-store URLs do (see
+``parquet_export``). The official client also posts telemetry (SDK 0.31:
 ``/sdk/otel/v1/metrics``); those side channels get an empty 200 so that nothing is logged as an
-error. Every other path is a small JSON 404. One INFO line per request, never a header value.
+error. Every other path is a small JSON 404. One INFO line per request, never a header value
+(nor a URL token: it is a credential while it lasts).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 from sqlalchemy import Engine
 
@@ -21,6 +27,7 @@ from mirror.serve.context import RequestContext
 from mirror.serve.executor import Outcome, run_request
 from mirror.serve.faults import FaultConfig, FaultInjector
 from mirror.serve.jsonout import dumps_response
+from mirror.serve.parquet_export import URL_PATH, ParquetExports, TokenError
 from mirror.store.fields import loads
 
 log = logging.getLogger("mirror.serve")
@@ -38,11 +45,14 @@ _GZIP, _ZLIB = 31, 15
 _REASONS = {
     200: "OK",
     204: "No Content",
+    206: "Partial Content",
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     413: "Payload Too Large",
+    416: "Range Not Satisfiable",
     429: "Too Many Requests",
     500: "Internal Server Error",
     502: "Bad Gateway",
@@ -55,6 +65,57 @@ def _error(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes
         [("Content-Type", "application/json")],
         dumps_response({"errors": [{"message": message}]}),
     )
+
+
+@dataclass(frozen=True)
+class FileBody:
+    """A response body read from an open file: ``length`` bytes from ``offset``.
+
+    The file is opened before the headers go out, so an export replaced meanwhile (its files
+    unlinked) is still sent whole; HEAD sends none of it.
+    """
+
+    handle: BinaryIO
+    offset: int
+    length: int
+
+
+Body = bytes | FileBody
+_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+_BLOCK = 256 * 1024
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
+    """``Range: bytes=a-b`` → ``(start, end)`` inclusive; None to send the whole file; False
+    when unsatisfiable. One range only (several, or a malformed header, get the whole file)."""
+    if not header:
+        return None
+    match = _RANGE.fullmatch(header)
+    if not match or not (match.group(1) or match.group(2)):
+        return None
+    first, last = match.group(1), match.group(2)
+    if not first:  # the last N bytes
+        count = int(last)
+        if count == 0:
+            return False
+        return max(size - count, 0), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        return False
+    return start, end
+
+
+def _file_chunks(body: FileBody) -> Iterable[bytes]:
+    with body.handle as handle:
+        handle.seek(body.offset)
+        left = body.length
+        while left > 0:
+            chunk = handle.read(min(_BLOCK, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
 
 
 class BadBody(ValueError):
@@ -117,12 +178,14 @@ class MirrorApp:
         keys: KeyChecker,
         faults: FaultConfig | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        exports: ParquetExports | None = None,
     ) -> None:
         self.engine = engine
         self.keys = keys
         self.max_body_bytes = max_body_bytes
         self.faults = FaultInjector(faults or FaultConfig())
         self.chunks = ChunkCache()
+        self.exports = exports
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -131,18 +194,27 @@ class MirrorApp:
         status, headers, body, label = self._dispatch(environ, method, path)
         elapsed = (time.perf_counter() - started) * 1000
         suffix = f" {label}" if label else ""
+        shown = URL_PATH + "…" if path.startswith(URL_PATH) else path
         if status is None:
             environ[DROP_CONNECTION] = True
-            log.info("%s %s dropped %.1fms%s", method, path, elapsed, suffix)
+            log.info("%s %s dropped %.1fms%s", method, shown, elapsed, suffix)
             return []
-        headers.append(("Content-Length", str(len(body))))
+        length = body.length if isinstance(body, FileBody) else len(body)
+        headers.append(("Content-Length", str(length)))
         start_response(f"{status} {_REASONS.get(status, 'Unknown')}", headers)
-        log.info("%s %s %d %.1fms%s", method, path, status, elapsed, suffix)
-        return [body]
+        log.info("%s %s %d %.1fms%s", method, shown, status, elapsed, suffix)
+        if isinstance(body, FileBody):
+            if method == "HEAD":
+                body.handle.close()
+                return []
+            return _file_chunks(body)
+        return [] if method == "HEAD" else [body]
 
     def _dispatch(
         self, environ: dict[str, Any], method: str, path: str
-    ) -> tuple[int | None, list[tuple[str, str]], bytes, str]:
+    ) -> tuple[int | None, list[tuple[str, str]], Body, str]:
+        if path.startswith(URL_PATH) and self.exports is not None:
+            return self._parquet_file(environ, method, path[len(URL_PATH) :])
         if path in GRAPHQL_PATHS:
             if method != "POST":
                 return (*_error(405, "use POST for GraphQL"), "")
@@ -156,6 +228,39 @@ class MirrorApp:
         if path == "/healthz" and method == "GET":
             return 200, [("Content-Type", "application/json")], b'{"status":"ok"}', ""
         return (*_error(404, f"no such endpoint: {method} {path}"), "")
+
+    def _parquet_file(
+        self, environ: dict[str, Any], method: str, token: str
+    ) -> tuple[int, list[tuple[str, str]], Body, str]:
+        """An export file by signed URL: no API key, 403 when forged or expired, 404 when gone.
+
+        GET sends the file, or one byte range of it (206) as the Rust reader of wandb-core asks
+        when it reads a file in place; HEAD sends only the headers (its ``Content-Length`` is
+        how that reader learns the size).
+        """
+        assert self.exports is not None
+        if method not in ("GET", "HEAD"):
+            return (*_error(405, "use GET or HEAD for exported history files"), "")
+        try:
+            path = self.exports.locate(token)
+            handle = open(path, "rb")  # noqa: SIM115 - closed once the body is sent
+        except TokenError as exc:
+            return (*_error(403, f"access denied: {exc}"), "")
+        except OSError:
+            return (*_error(404, "no such file: the export was replaced or removed"), "")
+        size = os.fstat(handle.fileno()).st_size
+        label = "/".join(path.parts[-2:])
+        headers = [("Content-Type", "application/octet-stream"), ("Accept-Ranges", "bytes")]
+        wanted = byte_range(environ.get("HTTP_RANGE"), size) if method == "GET" else None
+        if wanted is False:
+            handle.close()
+            status, base, body = _error(416, f"the range is outside the file ({size} bytes)")
+            return status, [*base, ("Content-Range", f"bytes */{size}")], body, label
+        if wanted is None:
+            return 200, headers, FileBody(handle, 0, size), label
+        start, end = wanted
+        headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))
+        return 206, headers, FileBody(handle, start, end - start + 1), label
 
     def _graphql(
         self, environ: dict[str, Any]
@@ -182,13 +287,17 @@ class MirrorApp:
         except BodyTooLarge as exc:
             status, base, body = _error(413, str(exc))
             return status, base + headers, body, ""
-        outcome = self._execute(payload)
+        outcome = self._execute(payload, _base_url(environ))
         headers = [("Content-Type", "application/json"), *headers]
         return outcome.status, headers, dumps_response(outcome.body), outcome.operation or ""
 
-    def _execute(self, payload: Any) -> Outcome:
+    def _execute(self, payload: Any, base_url: str = "") -> Outcome:
         context = RequestContext(
-            self.engine, self.chunks, page_repeat=self.faults.config.page_repeat
+            self.engine,
+            self.chunks,
+            page_repeat=self.faults.config.page_repeat,
+            exports=self.exports,
+            base_url=base_url,
         )
         try:
             return run_request(payload, context)
@@ -197,3 +306,13 @@ class MirrorApp:
             return Outcome(500, {"errors": [{"message": "internal server error"}]})
         finally:
             context.close()
+
+
+def _base_url(environ: dict[str, Any]) -> str:
+    """``scheme://host[:port]`` as the client addressed this server (its ``Host`` header), so
+    that the URLs handed out reach the server the way the client already does."""
+    scheme = environ.get("wsgi.url_scheme") or "http"
+    host = environ.get("HTTP_HOST")
+    if not host:
+        host = f"{environ.get('SERVER_NAME', '127.0.0.1')}:{environ.get('SERVER_PORT', '80')}"
+    return f"{scheme}://{host}"

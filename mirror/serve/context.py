@@ -1,4 +1,5 @@
-"""What resolvers share during one request: the database snapshot, caches, the paging fault."""
+"""What resolvers share during one request: the database snapshot, caches, the paging fault,
+and where parquet exports live and which base URL their links start with."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from mirror.serve.chunk_cache import ChunkCache
+from mirror.serve.parquet_export import ParquetExports
 from mirror.store.engine import read_transaction
 
 
@@ -23,6 +25,8 @@ class RequestContext:
     engine: Engine
     chunks: ChunkCache
     page_repeat: int = 0
+    exports: ParquetExports | None = None  # None: no parquet exports (parquetUrls stay [])
+    base_url: str = ""  # scheme://host[:port] as the client addressed the server
     cache: dict[Any, Any] = field(default_factory=dict)
     _stack: ExitStack = field(default_factory=ExitStack)
     _conn: Connection | None = None

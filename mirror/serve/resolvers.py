@@ -291,11 +291,18 @@ def resolve_sampled_history(run: RowMapping, info: GraphQLResolveInfo, specs: li
 
 
 def resolve_parquet_history(run: RowMapping, info: GraphQLResolveInfo, liveKeys: list) -> dict:
-    """Nothing exported to parquet and no live rows inlined: clients then page the whole history
-    with ``HistoryPage`` (wandb-core 0.31 does, NaN included). Inlined rows would break it: its
-    Go JSON parser rejects the NaN and Infinity tokens W&B's history holds.
+    """W&B's exported history: signed URLs of parquet files, and the steps not in them.
+
+    Only for finished runs whose last heartbeat is at least the export delay old (W&B exports
+    hours after a run ends); other runs, and servers without exports, answer no files and no
+    live steps, and clients then page everything with ``HistoryPage``. ``liveData`` holds only
+    the ``liveKeys`` of the steps after the export, with NaN and ±Infinity as strings: wandb-core
+    decodes this field with Go's strict JSON parser (see ``parquet_export``).
     """
-    return {"parquetUrls": [], "liveData": []}
+    ctx = _ctx(info)
+    if ctx.exports is None:
+        return {"parquetUrls": [], "liveData": []}
+    return ctx.exports.parquet_history(_conn(info), ctx.chunks, run, liveKeys, ctx.base_url)
 
 
 def _user(run: RowMapping) -> dict:

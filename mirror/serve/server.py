@@ -20,11 +20,13 @@ from waitress.server import create_server
 from waitress.task import WSGITask
 
 from mirror.errors import ConfigError, MirrorError
+from mirror.serve import parquet_export
 from mirror.serve.app import DROP_CONNECTION, MAX_BODY_BYTES, MirrorApp
 from mirror.serve.auth import KEYS_ENV, KeyChecker, configured_keys, is_loopback
 from mirror.serve.faults import OPTIONS, FaultConfig, env_name, from_env
+from mirror.serve.parquet_export import ParquetConfig, ParquetExports
 from mirror.store import migrate
-from mirror.store.engine import make_engine
+from mirror.store.engine import make_engine, sqlite_path
 
 log = logging.getLogger("mirror.serve")
 
@@ -79,12 +81,14 @@ def serve(
     api_keys: Sequence[str] = (),
     faults: FaultConfig | None = None,
     threads: int = 8,
+    parquet: ParquetConfig | None = None,
 ) -> None:
     """Serve the mirror at ``http://host:port/graphql`` until interrupted (SIGINT or SIGTERM).
 
-    Raises ``ConfigError`` when asked to listen beyond loopback without an API key, and
-    ``MirrorError`` when ``database`` is not a mirror at the current schema: the server neither
-    creates nor upgrades a database (``wandb-mirror init`` / ``wandb-mirror db upgrade`` do).
+    Raises ``ConfigError`` when asked to listen beyond loopback without an API key, or to export
+    parquet with no directory to put it in, and ``MirrorError`` when ``database`` is not a
+    mirror at the current schema: the server neither creates nor upgrades a database
+    (``wandb-mirror init`` / ``wandb-mirror db upgrade`` do).
     """
     keys = KeyChecker(api_keys)
     if not keys.required and not is_loopback(host):
@@ -94,16 +98,26 @@ def serve(
     engine = make_engine(database, create=False, pool_size=threads)
     try:
         migrate.require_current(engine)
+        exports = make_exports(engine.url.render_as_string(hide_password=False), parquet)
     except BaseException:
         engine.dispose()
         raise
     faults = faults or FaultConfig()
-    server = make_server(MirrorApp(engine, keys, faults), host, port, threads)
+    app = MirrorApp(engine, keys, faults, exports=exports)
+    server = make_server(app, host, port, threads)
     signal.signal(signal.SIGTERM, _interrupt)
     bound_port = server.effective_port
     log.info("serving %s at http://%s:%s/graphql", engine.url, host, bound_port)
     if faults.active:
         log.warning("fault injection on: %s", faults.describe())
+    if exports is not None:
+        log.info(
+            "parquet exports on: finished runs %gs after their last heartbeat, into %s, "
+            "URLs valid %gs",
+            exports.delay,
+            exports.directory,
+            exports.config.url_ttl,
+        )
     if not keys.required:
         log.info("no API key configured: any key is accepted (loopback only)")
     try:
@@ -113,6 +127,29 @@ def serve(
     finally:
         server.close()
         engine.dispose()
+
+
+def make_exports(database_url: str, config: ParquetConfig | None) -> ParquetExports | None:
+    """The export directory for a server, or None when exports are off.
+
+    Without ``--parquet-dir`` the files go beside an SQLite database (``<file>.parquet/``);
+    other databases have no file to sit beside, so they need the option.
+    """
+    if config is None or not config.enabled:
+        return None
+    directory = config.directory or parquet_export.default_directory(sqlite_path(database_url))
+    if directory is None:
+        raise ConfigError(
+            "parquet exports need a directory for this database: pass --parquet-dir or set "
+            f"{parquet_export.env_name('dir')}"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the parquet export directory {directory}: {exc}"
+        ) from None
+    return ParquetExports(directory, config)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,6 +188,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             metavar=metavars[option],
             help=f"{helps[option]} [{env_name(option)}]",
         )
+    exports = parser.add_argument_group(
+        "parquet history exports of finished runs, as W&B's (off without an export delay; "
+        "each also reads WANDB_MIRROR_SERVE_PARQUET_<NAME>)"
+    )
+    export_helps = {
+        "export-delay": "export a finished run once its last heartbeat is this old; 0: at once",
+        "dir": "where exports are written (default: <database file>.parquet/)",
+        "url-ttl": f"seconds a signed file URL stays valid ({parquet_export.DEFAULT_URL_TTL:g})",
+        "file-rows": f"rows per parquet file at most ({parquet_export.DEFAULT_FILE_ROWS})",
+    }
+    export_metavars = {"export-delay": "SECONDS", "dir": "DIR", "url-ttl": "SECONDS"}
+    export_metavars["file-rows"] = "N"
+    for option, (name, parse) in parquet_export.OPTIONS.items():
+        exports.add_argument(
+            f"--parquet-{option}",
+            dest=f"parquet_{name}",
+            type=_argument_type(parse),
+            default=None,
+            metavar=export_metavars[option],
+            help=f"{export_helps[option]} [{parquet_export.env_name(option)}]",
+        )
 
 
 def _argument_type(parse: Callable[[str], object]) -> Callable[[str], object]:
@@ -175,6 +233,16 @@ def fault_config(args: argparse.Namespace) -> FaultConfig:
     return FaultConfig(**settings)  # type: ignore[arg-type]
 
 
+def parquet_config(args: argparse.Namespace) -> ParquetConfig:
+    """Export settings from the environment, overridden by command-line options."""
+    settings = parquet_export.from_env()
+    for _option, (name, _parse) in parquet_export.OPTIONS.items():
+        value = getattr(args, f"parquet_{name}", None)
+        if value is not None:
+            settings[name] = value
+    return ParquetConfig(**settings)  # type: ignore[arg-type]
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Serve with parsed options; returns the exit code.
 
@@ -185,6 +253,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     log.setLevel(logging.INFO)  # the access log, even under a quieter root logger
     try:
         faults = fault_config(args)
+        parquet = parquet_config(args)
     except ValueError as exc:
         print(f"wandb-mirror serve: {exc}", file=sys.stderr)
         return USAGE_ERROR
@@ -196,6 +265,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             api_keys=configured_keys(args.api_key),
             faults=faults,
             threads=args.threads,
+            parquet=parquet,
         )
     except ConfigError as exc:
         print(f"wandb-mirror serve: {exc}", file=sys.stderr)
