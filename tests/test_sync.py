@@ -23,7 +23,7 @@ from sync_env import (
 )
 
 from mirror.store.engine import make_engine, write_transaction
-from mirror.store.fields import dumps
+from mirror.store.fields import dumps, loads
 from mirror.store.history import history_keys_of
 from mirror.store.models import history_chunks, runs
 from mirror.store.upsert import append_history, utcnow
@@ -283,3 +283,88 @@ def test_history_rewritten_upstream_is_fetched_anew(upstream, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "1 changed, 0 deleted, 30 history rows" in summary_line(result)
     assert differences(upstream.db, mirror, "acme", PROJECT) == []
+
+
+PARQUET = ("--parquet-export-delay", "0", "--parquet-file-rows", "300")
+PARQUET_CONFIG = "[sync]\nparquet_min_rows = 0\nhistory_page = 100\n"
+
+
+def test_exported_history_is_read_from_parquet_files_and_checked(tmp_path):
+    db = seed_upstream(tmp_path / "upstream.db", 12, 700)
+    with Upstream(db, tmp_path / "serve.log", PARQUET) as up:
+        mirror = tmp_path / "mirror.db"
+        result = sync(up, mirror, tmp_path, config=PARQUET_CONFIG)
+        assert result.returncode == 0, result.stderr
+        line = summary_line(result)
+        assert "file downloads" in line, line
+        assert "exported history not used" not in result.stderr
+        assert differences(db, mirror, "acme", PROJECT) == []
+        log = up.server.log()
+        assert "GET /parquet/" in log
+        # finished runs came from files: far fewer history windows than 700 steps / 100 a page
+        windows = requests_of(line)
+        assert windows < 12 * 7
+
+
+def test_steps_logged_after_the_export_are_paged_live(tmp_path):
+    db = seed_upstream(tmp_path / "upstream.db", 6, 400)
+    with Upstream(db, tmp_path / "serve.log", PARQUET) as up:
+        name = up.run_with_state("finished")
+        mirror = tmp_path / "mirror.db"
+        home = tmp_path / "first"
+        home.mkdir()
+        # the export is made on the first request that finds the run eligible
+        assert sync(up, tmp_path / "warm.db", home, config=PARQUET_CONFIG).returncode == 0
+        engine = make_engine(db)
+        with write_transaction(engine) as conn:  # a resumed run: more rows, same heartbeat
+            run = conn.execute(select(runs).where(runs.c.name == name)).mappings().one()
+            last = (
+                conn.execute(
+                    select(history_chunks.c.last_step).where(history_chunks.c.run_id == run["id"])
+                )
+                .scalars()
+                .all()
+            )
+            rows = [{"_step": max(last) + 1 + i, "loss": float(i)} for i in range(150)]
+            append_history(conn, run["id"], rows)
+            keys = loads(run["history_keys"])
+            keys["lastStep"] = rows[-1]["_step"]
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run["id"])
+                .values(
+                    history_line_count=run["history_line_count"] + 150,
+                    history_keys=dumps(keys),
+                    updated_at=utcnow(),
+                )
+            )
+        engine.dispose()
+        result = sync(up, mirror, tmp_path, config=PARQUET_CONFIG)
+        assert result.returncode == 0, result.stderr
+        assert differences(db, mirror, "acme", PROJECT) == []
+        assert "file downloads" in summary_line(result)
+        assert "exported history not used" not in result.stderr
+
+
+def test_an_export_that_disagrees_with_the_run_counts_is_not_trusted(tmp_path):
+    """W&B's exports had bugs (rows dropped at page edges): files that hold fewer rows than
+    ``historyLineCount`` says are refused and the run is paged instead."""
+    db = seed_upstream(tmp_path / "upstream.db", 6, 400)
+    with Upstream(db, tmp_path / "serve.log", PARQUET) as up:
+        name = up.run_with_state("finished")
+        home = tmp_path / "first"
+        home.mkdir()
+        assert sync(up, tmp_path / "warm.db", home, config=PARQUET_CONFIG).returncode == 0
+        engine = make_engine(db)
+        with write_transaction(engine) as conn:
+            conn.execute(
+                update(runs)
+                .where(runs.c.name == name)
+                .values(history_line_count=runs.c.history_line_count + 5)
+            )
+        engine.dispose()
+        mirror = tmp_path / "mirror.db"
+        result = sync(up, mirror, tmp_path, config=PARQUET_CONFIG)
+        assert result.returncode == 0, result.stderr
+        assert f"note: {name}: exported history not used, it holds" in result.stderr
+        assert differences(db, mirror, "acme", PROJECT) == []

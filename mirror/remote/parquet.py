@@ -1,7 +1,8 @@
 """Reading W&B's exported history files (parquet) back into history rows.
 
 W&B writes one column per history key, ``_step`` among them, and a null where a row did not log
-the key; rows come back as ``HistoryPage`` sends them: only the keys a row holds, nested objects
+the key (or splits rows into files by the keys they hold, so that steps interleave across
+files); rows come back as ``HistoryPage`` sends them: only the keys a row holds, nested objects
 (histograms, images, tables) as dicts, NaN and ±Infinity as floats. A file is read in record
 batches, so a million-step export never becomes a million dicts at once.
 """
@@ -44,7 +45,8 @@ class ExportedFile:
     def num_rows(self) -> int:
         return len(self.steps)
 
-    def rows(self) -> Iterator[list[dict[str, Any]]]:
-        """The file's rows in batches, each row holding only the keys it logged."""
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """The file's rows, read a batch at a time, each holding only the keys it logged."""
         for batch in self._file.iter_batches(batch_size=BATCH_ROWS):
-            yield [{k: v for k, v in row.items() if v is not None} for row in batch.to_pylist()]
+            for row in batch.to_pylist():
+                yield {k: v for k, v in row.items() if v is not None}

@@ -1,6 +1,7 @@
 """Trusting W&B's parquet exports only after checking them against the run's own counts.
 
-The export path had real bugs (no rows for runs not starting at step 0, steps duplicated or
+A run's export may be several files whose steps interleave (split by the keys rows hold), so
+rows are merged by step. The export path had real bugs (no rows for runs not starting at step 0, steps duplicated or
 dropped at page edges: wandb 0.27.2 and 0.28.0, issue 12067), so before a single row from the
 files is written, their steps must be strictly increasing across all files, all below the export
 boundary (the first live step), and together with the live steps they must add up to exactly
@@ -10,13 +11,15 @@ through ``HistoryPage`` instead.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mirror.remote.parquet import ExportedFile
+from mirror.remote.parquet import BATCH_ROWS, ExportedFile
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,11 @@ class CheckedExport:
     boundary: int | None
     live_rows: int
 
-    def rows(self) -> Iterator[list[dict[str, Any]]]:
-        for file in self.files:
-            yield from file.rows()
+    def rows(self, batch: int = BATCH_ROWS) -> Iterator[list[dict[str, Any]]]:
+        """Every row in step order, merged across the files, in lists of ``batch`` rows."""
+        merged = heapq.merge(*(f.rows() for f in self.files), key=lambda row: row["_step"])
+        while part := list(itertools.islice(merged, batch)):
+            yield part
 
 
 def check_export(
@@ -39,10 +44,12 @@ def check_export(
     last_step: int | None,
 ) -> CheckedExport | str:
     """The files in step order if they hold exactly what W&B's counts say; else why not."""
-    files = sorted((f for f in files if f.num_rows), key=lambda f: float(f.steps[0]))
-    steps = np.concatenate([f.steps for f in files]) if files else np.empty(0)
+    files = [f for f in files if f.num_rows]
+    if any(np.any(np.diff(f.steps) <= 0) for f in files):
+        return "the steps of a file repeat or go backwards"
+    steps = np.sort(np.concatenate([f.steps for f in files])) if files else np.empty(0)
     if len(steps) and not np.all(np.diff(steps) > 0):
-        return "its steps repeat or go backwards"
+        return "its files hold the same step twice"
     if len(steps) and not np.all(np.mod(steps, 1) == 0):
         return "it holds steps that are not whole numbers"
     boundary = live_steps[0] if live_steps else None

@@ -328,6 +328,8 @@ class ProjectPull:
                         _, item, stream, rows, final = message
                         self._write_rows(item, stream, rows, final)
                         pending -= 1 if final else 0
+                    elif kind == "note":
+                        self.report.notes.append(message[1])
                     elif kind == "failed":
                         _, what, reason = message
                         self._skip(what, reason)
@@ -448,7 +450,7 @@ class ProjectPull:
             self.progress.advance(runs=1)
 
     def _skip(self, names: list[str], reason: str) -> None:
-        log.warning("%s: skipped %s: %s", self.remote.path, ", ".join(names[:3]), reason)
+        log.info("%s: skipped %s: %s", self.remote.path, ", ".join(names[:3]), reason)
         with write_transaction(self.engine) as conn:
             project = find_project(conn, self.remote.entity, self.remote.project)
             if project is not None:
@@ -541,6 +543,6 @@ class ProjectPull:
         files = [ExportedFile(self.remote.client.download(url), what) for url in found.urls]
         checked = check_export(files, found.live_steps, item.need.line_count, item.need.last_step)
         if isinstance(checked, str):
-            log.warning("%s: exported history not used, %s; paging it instead", what, checked)
+            self._emit("note", f"{item.name}: exported history not used, {checked}; paged instead")
             return None
         return checked
