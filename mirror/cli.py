@@ -236,27 +236,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    """``sync`` and ``pull``: one cycle per project; exit 1 unless everything synced."""
+    """``sync``, ``pull`` and ``push``: one cycle per project; exit 1 unless all of it went."""
     from mirror.progress import BarProgress
-    from mirror.sync.cycle import make_client, pull_all, targets
+    from mirror.sync.cycle import make_client, run_cycle, targets
 
     settings = _settings(args)
-    wanted = targets(settings, args.paths, no_history=args.no_history)
+    wanted = targets(settings, args.paths, no_history=getattr(args, "no_history", False))
     client = make_client(settings)
     progress = BarProgress() if sys.stderr.isatty() else None
     try:
-        reports = pull_all(
+        outcomes = run_cycle(
             lambda: _open_for_writing(args),
             client,
             settings,
             wanted,
-            full=args.full,
-            force_deletions=args.force_deletions,
+            push=args.command in ("sync", "push"),
+            pull=args.command in ("sync", "pull"),
+            full=getattr(args, "full", False),
+            force_deletions=getattr(args, "force_deletions", False),
+            policy=getattr(args, "policy", None),
             progress=progress,
         )
     finally:
         client.close()
-    for report in reports:
+    for outcome in outcomes:
+        if outcome.push is not None:
+            for problem in outcome.push.problems[:10]:
+                print(f"{outcome.target.path}: edit not pushed: {problem}", file=sys.stderr)
+            push = outcome.push
+            if args.command == "push" or push.error or push.pushed or push.waiting or not push.ok:
+                print(push.line())
+        report = outcome.pull
+        if report is None:
+            continue
         for note in report.notes:
             print(f"{report.path}: note: {note}", file=sys.stderr)
         if report.held_back:
@@ -264,7 +276,88 @@ def cmd_sync(args: argparse.Namespace) -> int:
         for name, reason in list(report.skipped.items())[:10]:
             print(f"{report.path}/{name}: skipped: {reason}", file=sys.stderr)
         print(report.line())
-    return 0 if all(report.ok for report in reports) else EXIT_ERROR
+    return 0 if all(outcome.ok for outcome in outcomes) else EXIT_ERROR
+
+
+def _value(text: str) -> Any:
+    """A command-line value: JSON where it parses (numbers, true, null, objects), else text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    found = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MirrorError(f"{flag} takes KEY=VALUE, not {item!r}")
+        found[key] = _value(value)
+    return found
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from mirror.query.paths import run_path
+    from mirror.store.engine import write_transaction
+    from mirror.store.outbox import DELETE, Edit, record_edit
+    from mirror.store.read import find_project, find_run
+
+    entity, project, name = run_path(args.path, _settings(args).entity)
+    config = _pairs(args.set_config, "--config")
+    config.update(dict.fromkeys(args.delete_config or [], DELETE))
+    summary = _pairs(args.summary, "--summary")
+    summary.update(dict.fromkeys(args.delete_summary or [], DELETE))
+    edit = Edit(
+        summary=summary,
+        config=config,
+        add_tags=args.add_tag or [],
+        remove_tags=args.remove_tag or [],
+        notes=args.notes,
+        set_notes=args.notes is not None,
+    )
+    engine = _open(args)
+    with write_transaction(engine) as conn:
+        found = find_project(conn, entity, project)
+        run = None if found is None else find_run(conn, found["id"], name)
+        if run is None:
+            raise MirrorError(f"no run {entity}/{project}/{name} in the mirror; sync it first")
+        ids = record_edit(conn, run, edit)
+    print(
+        f"queued edit {', '.join(map(str, ids))} of {entity}/{project}/{name}; "
+        "`wandb-mirror push` sends it to W&B"
+    )
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    if args.outbox_command == "push":
+        args.command = "push"
+        return cmd_sync(args)
+    from mirror.store.engine import write_transaction
+    from mirror.store.outbox import describe, resolve
+
+    engine = _open(args)
+    if args.outbox_command == "list":
+        with engine.connect() as conn:
+            views = describe(conn)
+        if not views:
+            print("no queued edits")
+        for view in views:
+            print(
+                f"{view.id:>5}  {view.status:<8} {view.path}  {view.target}: {', '.join(view.keys)}"
+            )
+            if view.status == "conflict":
+                for key, value in view.local.items():
+                    print(
+                        f"         {key}: local {value!r}, W&B {view.remote.get(key, '(absent)')!r}"
+                    )
+            if view.reason:
+                print(f"         {view.reason}")
+        return 0
+    with write_transaction(engine) as conn:
+        print(resolve(conn, args.id, args.take))
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -301,6 +394,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mirror.demo import run_demo
 
     return run_demo(_database(args), sys.stdout, args.runs, args.steps)
+
+
+def _add_paths(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "paths", nargs="*", metavar="ENTITY/PROJECT", help="default: the config's [[project]]s"
+    )
+
+
+def _add_policy(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--policy",
+        choices=["abort", "local-wins", "remote-wins"],
+        help="when a key changed on both sides (default: [push] policy, abort)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,11 +477,19 @@ def build_parser() -> argparse.ArgumentParser:
             action.default = None
     serve.set_defaults(fn=cmd_serve)
 
-    for name, what in (("sync", "one sync cycle"), ("pull", "pull from W&B")):
-        cmd = sub.add_parser(name, help=f"{what}: runs and history of the projects into the mirror")
-        cmd.add_argument(
-            "paths", nargs="*", metavar="ENTITY/PROJECT", help="default: the config's [[project]]s"
-        )
+    helps = {
+        "sync": "push queued edits, then pull runs and history from W&B",
+        "pull": "pull runs and history from W&B into the mirror",
+        "push": "push queued edits to W&B",
+    }
+    for name, what in helps.items():
+        cmd = sub.add_parser(name, help=what)
+        _add_paths(cmd)
+        if name != "pull":
+            _add_policy(cmd)
+        if name == "push":
+            cmd.set_defaults(fn=cmd_sync)
+            continue
         cmd.add_argument(
             "--full", action="store_true", help="reconcile every run, not just moved ones"
         )
@@ -385,6 +500,30 @@ def build_parser() -> argparse.ArgumentParser:
             help="tombstone missing runs even when the mass-deletion guard would refuse",
         )
         cmd.set_defaults(fn=cmd_sync)
+
+    edit = sub.add_parser("edit", help="queue an edit of a run's summary, config, tags or notes")
+    edit.add_argument("path", metavar="ENTITY/PROJECT/RUN")
+    edit.add_argument("--summary", action="append", metavar="KEY=VALUE", help="JSON or text")
+    edit.add_argument("--delete-summary", action="append", metavar="KEY")
+    edit.add_argument(
+        "--config", action="append", dest="set_config", metavar="KEY=VALUE", help="JSON or text"
+    )
+    edit.add_argument("--delete-config", action="append", metavar="KEY", help=argparse.SUPPRESS)
+    edit.add_argument("--add-tag", action="append", metavar="TAG")
+    edit.add_argument("--remove-tag", action="append", metavar="TAG")
+    edit.add_argument("--notes", metavar="TEXT")
+    edit.set_defaults(fn=cmd_edit)
+
+    box = sub.add_parser("outbox", help="queued edits: list, push, resolve a conflict")
+    box_sub = box.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    box_sub.add_parser("list", help="open edits: pending, waiting, conflict, failed")
+    box_push = box_sub.add_parser("push", help="push queued edits to W&B")
+    _add_paths(box_push)
+    _add_policy(box_push)
+    resolve = box_sub.add_parser("resolve", help="settle an open edit")
+    resolve.add_argument("id", type=int, metavar="ID")
+    resolve.add_argument("--take", choices=["local", "remote", "discard"], required=True)
+    box.set_defaults(fn=cmd_outbox)
 
     status = sub.add_parser("status", help="last sync per project, failures, database size")
     status.set_defaults(fn=cmd_status)

@@ -63,6 +63,15 @@ class SyncSettings:
     parquet: bool = True
     parquet_min_rows: int = 5000
     max_delete_fraction: float = 0.5
+    lag_window: float = 300.0  # seconds: runs changed more recently are read again next cycle
+
+
+@dataclass(frozen=True)
+class PushSettings:
+    """How queued edits go back to W&B."""
+
+    policy: str = "abort"  # when a key moved on both sides: abort | local-wins | remote-wins
+    wait_for_running: bool = True  # hold summary edits of keys a running run logs itself
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class Settings:
     serve: ServeSettings = field(default_factory=ServeSettings)
     remote: RemoteSettings = field(default_factory=RemoteSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
+    push: PushSettings = field(default_factory=PushSettings)
     projects: tuple[ProjectSettings, ...] = ()
     source: Path | None = None
 
@@ -86,8 +96,11 @@ _KNOWN: dict[str, Any] = {
     "serve": dict,
     "remote": dict,
     "sync": dict,
+    "push": dict,
     "project": list,
 }
+_PUSH_KNOWN: dict[str, Any] = {"policy": str, "wait_for_running": bool}
+_POLICIES = ("abort", "local-wins", "remote-wins")
 _SERVE_KNOWN: dict[str, Any] = {"host": str, "port": int, "api_keys": list}
 #: ``[remote]`` setting → (RemoteSettings field, type, smallest allowed value)
 _REMOTE_KNOWN: dict[str, tuple[str, Any, float]] = {
@@ -112,6 +125,7 @@ _SYNC_KNOWN: dict[str, tuple[Any, float]] = {
     "parquet": (bool, 0),
     "parquet_min_rows": (int, 0),
     "max_delete_fraction": (_NUMBER, 0),
+    "lag_window": (_NUMBER, 0),
 }
 _PROJECT_KNOWN: dict[str, Any] = {"path": str, "history": (bool, list)}
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "a table"}
@@ -178,6 +192,16 @@ def _sync(table: dict[str, Any], path: Path) -> SyncSettings:
     return SyncSettings(**values)
 
 
+def _push(table: dict[str, Any], path: Path) -> PushSettings:
+    _check(table, _PUSH_KNOWN, "push.", path)
+    policy = table.get("policy", PushSettings.policy)
+    if policy not in _POLICIES:
+        raise ConfigError(
+            f"{path}: push.policy must be one of {', '.join(_POLICIES)}, not {policy!r}"
+        )
+    return PushSettings(policy, table.get("wait_for_running", PushSettings.wait_for_running))
+
+
 def _projects(items: list[Any], path: Path) -> tuple[ProjectSettings, ...]:
     found = []
     for i, item in enumerate(items):
@@ -227,6 +251,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         serve=serve,
         remote=_remote(remote_table, file),
         sync=_sync(data.get("sync", {}), file),
+        push=_push(data.get("push", {}), file),
         projects=_projects(data.get("project", []), file),
         source=file if file.is_file() else None,
     )

@@ -110,7 +110,7 @@ def edit_run(engine: Engine, entity: str, project: str, name: str, **node: Any) 
 
 
 def add_run(engine: Engine, entity: str, project: str, name: str, steps: int) -> None:
-    """A new running run with ``steps`` rows of history."""
+    """A new running run with ``steps`` rows of history (in a new project, if need be)."""
     rows = [{"loss": 1.0 / (i + 1), "_runtime": i * 0.5, "_step": i} for i in range(steps)]
     now = utcnow()
     node = {
@@ -128,11 +128,9 @@ def add_run(engine: Engine, entity: str, project: str, name: str, steps: int) ->
         "historyKeys": history_keys_of(rows),
     }
 
-    def change(conn: Connection, project_id: int) -> None:
+    with write_transaction(engine) as conn:  # the project is created with its first run
         ids = upsert_runs(conn, entity, project, [node])
         append_history(conn, ids[name], rows)
-
-    _in_project(engine, entity, project, change)
 
 
 def delete_run(engine: Engine, entity: str, project: str, name: str) -> None:

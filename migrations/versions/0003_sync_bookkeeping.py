@@ -1,4 +1,5 @@
-"""sync bookkeeping: per-run sync state, last success and summary per project
+"""sync bookkeeping: per-run sync state, last success and summary per project, the remote
+values under each queued edit
 
 Revision ID: 0003
 Revises: 0002
@@ -28,9 +29,13 @@ def upgrade() -> None:
     with op.batch_alter_table("sync_state", schema=None) as batch_op:
         batch_op.add_column(sa.Column("last_success_at", sa.String(length=32), nullable=True))
         batch_op.add_column(sa.Column("last_summary", sa.Text(), nullable=True))
+    with op.batch_alter_table("outbox", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("remote", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("outbox", schema=None) as batch_op:
+        batch_op.drop_column("remote")
     with op.batch_alter_table("sync_state", schema=None) as batch_op:
         batch_op.drop_column("last_summary")
         batch_op.drop_column("last_success_at")

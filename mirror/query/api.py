@@ -25,10 +25,12 @@ from mirror.query.sampling import sample_indices
 from mirror.query.sql import count_query, ordered_ids, runs_query
 from mirror.store import migrate
 from mirror.store import read as store_read
-from mirror.store.engine import make_engine
-from mirror.store.fields import loads, unwrap_config
+from mirror.store.engine import make_engine, write_transaction
+from mirror.store.fields import dumps, loads, unwrap_config
 from mirror.store.history import number_rows
 from mirror.store.models import projects
+from mirror.store.models import runs as runs_table
+from mirror.store.outbox import DELETE, Edit, record_edit
 
 _EVERY_RUN = sys.maxsize  # a position past any listing: read it whole
 
@@ -242,12 +244,26 @@ class Runs(Sequence["Run"]):
 
 
 class Summary(dict):
-    """A run's summary: a plain dict of W&B's summary metrics (media objects keep ``_type``)."""
+    """A run's summary: a dict of W&B's summary metrics (media objects keep ``_type``).
+
+    As with ``wandb``'s: ``summary[k] = v`` and ``del summary[k]`` are kept until
+    ``run.update()``; ``summary.update({...})`` queues its keys at once.
+    """
+
+    def __init__(self, values: dict[str, Any], run: Run | None = None) -> None:
+        super().__init__(values)
+        self._run = run
 
     @property
     def _json_dict(self) -> dict[str, Any]:
         """As ``wandb``'s summary exposes its raw JSON."""
         return dict(self)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Set the keys and queue the whole change of the run for write-back now."""
+        super().update(*args, **kwargs)
+        if self._run is not None:
+            self._run.update()
 
 
 class Run:
@@ -255,9 +271,15 @@ class Run:
 
     def __init__(self, api: Api, entity: str, project: str, row: RowMapping) -> None:
         self._api = api
-        self._row = row
         self.entity = entity
         self.project = project
+        self._load(row)
+
+    def _load(self, row: RowMapping) -> None:
+        """Take the run's values from its row; the JSON columns parse again on first use."""
+        self._row = row
+        for name in ("rawconfig", "config", "summary", "system_metrics", "history_keys"):
+            self.__dict__.pop(name, None)
         self.id: str = row["name"]
         self.storage_id: str = row["storage_id"]
         self.name: str | None = row["display_name"]
@@ -293,8 +315,8 @@ class Run:
 
     @cached_property
     def summary(self) -> Summary:
-        """The summary metrics; NaN and Infinity come back as floats."""
-        return Summary(loads(self._row["summary_metrics"], {}) or {})
+        """The summary metrics (pending edits included); NaN and Infinity come back as floats."""
+        return Summary(loads(self._row["summary_metrics"], {}) or {}, self)
 
     @cached_property
     def system_metrics(self) -> dict[str, Any]:
@@ -385,8 +407,66 @@ class Run:
             rows = [rows[i] for i in sample_indices(len(rows), samples)]
         return rows
 
+    def update(self) -> None:
+        """Queue what changed in ``summary``, ``config``, ``tags`` and ``notes`` for W&B.
+
+        The edit goes to the mirror's outbox in one transaction and shows at once in every
+        query; ``wandb-mirror push`` (or the next ``sync``) sends it to W&B without
+        overwriting what changed there meanwhile. Deleting a config key raises
+        ``EditError``: W&B keeps every config key it has seen.
+        """
+        edit = self._changes()
+        if edit is None:
+            return
+        run_id = self._row["id"]
+
+        def write(conn: Connection) -> RowMapping:
+            current = conn.execute(select(runs_table).where(runs_table.c.id == run_id)).mappings()
+            record_edit(conn, current.one(), edit)
+            return (
+                conn.execute(select(runs_table).where(runs_table.c.id == run_id)).mappings().one()
+            )
+
+        try:
+            with write_transaction(self._api.engine) as conn:
+                row = write(conn)
+        except SQLAlchemyError as exc:
+            raise CommError(f"cannot queue the edit: {exc.orig or exc}", exc) from None
+        self._api.flush()
+        self._load(row)
+
+    def _changes(self) -> Edit | None:
+        """What differs between the loaded run and its attributes now."""
+        before_summary = loads(self._row["summary_metrics"], {}) or {}
+        before_config = unwrap_config(loads(self._row["config"], {}) or {})
+        before_tags = loads(self._row["tags"], [])
+        summary: dict[str, Any] = {}
+        if "summary" in self.__dict__:
+            now = dict(self.summary)
+            summary = {k: v for k, v in now.items() if _differs(before_summary, k, v)}
+            summary.update(dict.fromkeys(set(before_summary) - set(now), DELETE))
+        config: dict[str, Any] = {}
+        if "config" in self.__dict__:
+            now = self.config
+            config = {k: v for k, v in now.items() if _differs(before_config, k, v)}
+            config.update(dict.fromkeys(set(before_config) - set(now), DELETE))
+        tags = list(self.tags)
+        edit = Edit(
+            summary=summary,
+            config=config,
+            add_tags=[t for t in tags if t not in before_tags],
+            remove_tags=[t for t in before_tags if t not in tags],
+            notes=self.notes,
+            set_notes=self.notes != self._row["notes"],
+        )
+        return edit if edit.patches() else None
+
     def __repr__(self) -> str:
         return f"<Run {self.entity}/{self.project}/{self.id} ({self.state})>"
+
+
+def _differs(before: dict[str, Any], key: str, value: Any) -> bool:
+    return key not in before or dumps(before[key]) != dumps(value)
 
 
 def _history_frame(

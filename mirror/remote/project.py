@@ -140,6 +140,12 @@ class RemoteProject:
         run = self._run(queries.EVENTS, name, eventSamples=samples)
         return None if run is None else _rows(run.get("events"), self.path, name)
 
+    def push_edit(self, fields: dict[str, Any]) -> None:
+        """``upsertBucket`` of an existing run (``fields["id"]`` is its storage id)."""
+        data = self.client.execute(queries.PUSH_EDIT, {"input": fields})
+        if not (data.get("upsertBucket") or {}).get("bucket"):
+            raise CommError(f"{self.path}: W&B did not take the edit (no run in its answer)")
+
     def parquet_history(self, name: str) -> ParquetHistory | None:
         """The run's exported history files and the live steps after them."""
         run = self._run(queries.PARQUET_HISTORY, name, liveKeys=["_step"])

@@ -93,6 +93,11 @@ PARQUET_HISTORY = """query MirrorParquetHistory(
   }
 }"""
 
+#: One mutation writes a whole edit (W&B's SDK sends two: config, tags and notes, then summary).
+PUSH_EDIT = """mutation MirrorPushEdit($input: UpsertBucketInput!) {
+  upsertBucket(input: $input) { bucket { name } }
+}"""
+
 #: every document above, by name, for the schema test
 ALL = {
     "VIEWER": VIEWER,
@@ -102,4 +107,5 @@ ALL = {
     "HISTORY_PAGE_WITH_EVENTS": HISTORY_PAGE_WITH_EVENTS,
     "EVENTS": EVENTS,
     "PARQUET_HISTORY": PARQUET_HISTORY,
+    "PUSH_EDIT": PUSH_EDIT,
 }

@@ -191,5 +191,6 @@ outbox = Table(
     Column("status", String(16), nullable=False, default="pending"),
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_error", Text),
+    Column("remote", Text),  # the values W&B held at the last pull or push (they move under it)
     Index(None, "status", "run_id"),
 )

@@ -19,6 +19,7 @@ from mirror.remote.auth import resolve_credentials
 from mirror.remote.client import AuthError, RemoteClient
 from mirror.remote.project import ProjectNotFound, RemoteProject
 from mirror.sync.pull import Progress, ProjectPull, PullOptions, PullReport
+from mirror.sync.push import Pusher, PushReport
 
 
 @dataclass(frozen=True)
@@ -67,26 +68,69 @@ def check_key(client: RemoteClient) -> None:
         )
 
 
+@dataclass
+class Outcome:
+    """One project's cycle: its push (of queued edits) and its pull, each when it ran."""
+
+    target: Target
+    push: PushReport | None = None
+    pull: PullReport | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in (self.push, self.pull) if r is not None)
+
+
+def run_cycle(
+    open_engine: Callable[[], Engine],
+    client: RemoteClient,
+    settings: Settings,
+    wanted: Sequence[Target],
+    push: bool = True,
+    pull: bool = True,
+    full: bool = False,
+    force_deletions: bool = False,
+    policy: str | None = None,
+    progress: Progress | None = None,
+) -> list[Outcome]:
+    """Check the key, then per project push its queued edits and pull it.
+
+    The push comes first, so that the pull reads back what was pushed. The database is opened
+    only once W&B answered, so a bad key or an unreachable host writes nothing, not even an
+    empty database file.
+    """
+    check_key(client)
+    engine = open_engine()
+    outcomes = []
+    for target in wanted:
+        outcome = Outcome(target)
+        remote = RemoteProject(client, target.entity, target.project)
+        try:
+            if push:
+                outcome.push = Pusher(
+                    engine,
+                    remote,
+                    policy or settings.push.policy,
+                    settings.push.wait_for_running,
+                    settings.sync.record_batch,
+                ).run()
+            if pull:
+                options = PullOptions(
+                    full=full, history=target.history, force_deletions=force_deletions
+                )
+                outcome.pull = ProjectPull(engine, remote, settings.sync, options, progress).run()
+        except ProjectNotFound as exc:
+            outcome.pull = PullReport(target.path, error=exc.message)
+        outcomes.append(outcome)
+    return outcomes
+
+
 def pull_all(
     open_engine: Callable[[], Engine],
     client: RemoteClient,
     settings: Settings,
     wanted: Sequence[Target],
-    full: bool = False,
-    force_deletions: bool = False,
-    progress: Progress | None = None,
 ) -> list[PullReport]:
-    """Check the key, then pull each project; the database is opened only once W&B answered,
-    so a bad key or an unreachable host writes nothing, not even an empty database file."""
-    check_key(client)
-    engine = open_engine()
-    reports = []
-    for target in wanted:
-        remote = RemoteProject(client, target.entity, target.project)
-        options = PullOptions(full=full, history=target.history, force_deletions=force_deletions)
-        try:
-            report = ProjectPull(engine, remote, settings.sync, options, progress).run()
-        except ProjectNotFound as exc:
-            report = PullReport(target.path, error=exc.message)
-        reports.append(report)
-    return reports
+    """Only pull (the demo's two passes): one report per project."""
+    outcomes = run_cycle(open_engine, client, settings, wanted, push=False)
+    return [o.pull for o in outcomes if o.pull is not None]

@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from mirror.remote.queries import LISTING_FIELDS
@@ -20,11 +21,35 @@ _DATA_FIELDS = ("state", "heartbeatAt", "historyLineCount")
 MIN_GUARDED_DELETIONS = 10
 
 
-def fingerprint(node: Mapping[str, Any], mode: str) -> str:
+def fingerprint(node: Mapping[str, Any], mode: str, settled: bool = True) -> str:
     """What the lightweight listing says of a run, and which history the mirror keeps of it
-    (``mode``), as canonical text: equal means nothing to fetch."""
+    (``mode``), as canonical text: equal means nothing to fetch.
+
+    A run that changed within the lag window is not ``settled``: W&B's API lags its UI and
+    ``updatedAt`` has a precision of seconds, so a second change could hide behind an equal
+    listing. Its fingerprint then never equals a listing's, and the next cycle reads its
+    record again.
+    """
     shown = {k: node.get(k) for k in LISTING_FIELDS if k != "name"}
-    return json.dumps({**shown, "mode": mode}, sort_keys=True)
+    extra = {} if settled else {"settled": False}
+    return json.dumps({**shown, "mode": mode, **extra}, sort_keys=True)
+
+
+def settled(node: Mapping[str, Any], now: datetime, lag_s: float) -> bool:
+    """Whether the run's last change (``updatedAt``, ``heartbeatAt``) is older than the lag."""
+    for key in ("updatedAt", "heartbeatAt"):
+        value = node.get(key)
+        if not isinstance(value, str):
+            continue
+        try:
+            when = datetime.fromisoformat(value.rstrip("Z"))
+        except ValueError:
+            continue
+        if when.tzinfo is not None:
+            when = when.astimezone(timezone.utc).replace(tzinfo=None)
+        if (now - when).total_seconds() < lag_s:
+            return False
+    return True
 
 
 def data_moved(old: str | None, new: str) -> bool:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Engine
@@ -33,6 +34,7 @@ from mirror.errors import CommError
 from mirror.remote.client import AuthError
 from mirror.remote.parquet import ExportedFile
 from mirror.remote.project import ProjectNotFound, RemoteProject
+from mirror.store import outbox
 from mirror.store.engine import analyze, write_transaction
 from mirror.store.history import step_of
 from mirror.store.read import find_project, find_run
@@ -46,6 +48,7 @@ from mirror.sync.plan import (
     history_need,
     keep_keys,
     plan_listing,
+    settled,
 )
 
 log = logging.getLogger("mirror.sync")
@@ -158,6 +161,7 @@ class ProjectPull:
             maxsize=max(2, settings.concurrency * 2)
         )
         self._stop = threading.Event()
+        self._local_ids: dict[str, int] = {}
 
     # --- the cycle -------------------------------------------------------------------------
 
@@ -227,8 +231,8 @@ class ProjectPull:
                 max_delete_fraction=self.settings.max_delete_fraction,
                 force_deletions=self.options.force_deletions,
             )
-            ids = {run.name: run.id for run in local}
-            state.tombstone(conn, [ids[name] for name in plan.gone])
+            self._local_ids = {run.name: run.id for run in local}
+            state.tombstone(conn, [self._local_ids[name] for name in plan.gone])
             state.record_pull(
                 conn, project_id, last_pull_started_at=started, remote_run_count=run_count
             )
@@ -397,7 +401,9 @@ class ProjectPull:
         wanted = set(names)
         nodes = [n for n in nodes if n.get("name") in wanted]
         work: list[_RunWork] = []
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
         with write_transaction(self.engine) as conn:
+            outbox.overlay(conn, nodes, self._local_ids)  # W&B's values go under open edits
             ids = upsert_runs(conn, self.remote.entity, self.remote.project, nodes)
             for name in revived & ids.keys():
                 state.drop_history(conn, ids[name])
@@ -405,7 +411,9 @@ class ProjectPull:
             for node in nodes:
                 name = node["name"]
                 run_id = ids[name]
-                mark = fingerprint(listed[name], self.mode)
+                mark = fingerprint(
+                    listed[name], self.mode, settled(listed[name], now, self.settings.lag_window)
+                )
                 if not self.with_history:
                     state.mark_synced(conn, run_id, mark)
                     continue
