@@ -383,6 +383,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  last error:   {st.last_error}")
         if st.failing_runs:
             print(f"  {st.failing_runs} runs failed to sync and are retried next cycle")
+        if st.edits:
+            counts = ", ".join(f"{n} {status}" for status, n in sorted(st.edits.items()))
+            print(f"  queued edits: {counts} (`wandb-mirror outbox list`)")
     path = sqlite_path(str(engine.url))
     if path is not None:
         size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())

@@ -75,13 +75,21 @@ def test_keys_never_show_in_a_repr(tmp_path: Path):
 
 
 def test_the_example_documents_every_remote_and_sync_setting_at_its_default():
-    from mirror.config import _REMOTE_KNOWN, _SYNC_KNOWN, RemoteSettings, SyncSettings
+    from mirror.config import (
+        _PUSH_KNOWN,
+        _REMOTE_KNOWN,
+        _SYNC_KNOWN,
+        PushSettings,
+        RemoteSettings,
+        SyncSettings,
+    )
 
     text = EXAMPLE.read_text()
-    for key in [*_REMOTE_KNOWN, *_SYNC_KNOWN]:
+    for key in [*_REMOTE_KNOWN, *_SYNC_KNOWN, *_PUSH_KNOWN]:
         assert f"\n{key} = " in text, key
     settings = load_settings(EXAMPLE)
     assert settings.remote == RemoteSettings() and settings.sync == SyncSettings()
+    assert settings.push == PushSettings()
     assert settings.base_url == "https://api.wandb.ai" and settings.projects == ()
 
 
@@ -106,6 +114,7 @@ def test_projects_and_their_history_choice_load(tmp_path: Path):
         ("[sync]\nconcurrency = true\n", "sync.concurrency must be an integer"),
         ("[sync]\nnope = 1\n", "unknown setting sync.'nope'"),
         ('[[project]]\npath = "a/b"\nextra = 1\n', "unknown setting project[0].'extra'"),
+        ('[push]\npolicy = "mine"\n', "push.policy must be one of abort, local-wins, remote-wins"),
     ],
 )
 def test_bad_sync_settings_are_one_clear_line(tmp_path: Path, text: str, message: str):

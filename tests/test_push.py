@@ -116,6 +116,7 @@ def test_the_same_key_moved_on_both_sides_follows_the_policy(world, policy, expe
         assert "conflict" in listed and "loss: local -1, W&B 5" in listed
         assert "changed on both sides" in pushed.stderr
         assert mirror_run(mirror, name)["summary_metrics"]["loss"] == -1  # still visible
+        assert "queued edits: 1 conflict" in cli(mirror, env, "status").stdout
     else:
         assert listed.strip() == "no queued edits"
         assert mirror_run(mirror, name)["summary_metrics"]["loss"] == expected

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
-from mirror.store.models import history_chunks, projects, run_sync, runs, sync_state
+from mirror.store.models import history_chunks, outbox, projects, run_sync, runs, sync_state
 from mirror.store.upsert import utcnow
 from mirror.sync.plan import LocalRun
 
@@ -111,6 +111,7 @@ class ProjectStatus:
     last_summary: str | None
     remote_run_count: int | None
     failing_runs: int
+    edits: dict[str, int]  # open edits by status: pending, waiting, conflict, failed
 
 
 def project_statuses(conn: Connection) -> list[ProjectStatus]:
@@ -134,6 +135,14 @@ def project_statuses(conn: Connection) -> list[ProjectStatus]:
             .select_from(run_sync.join(runs, runs.c.id == run_sync.c.run_id))
             .where(runs.c.project_id == pid, run_sync.c.failures > 0)
         ).scalar_one()
+        edits = dict(
+            conn.execute(
+                select(outbox.c.status, func.count())
+                .select_from(outbox.join(runs, runs.c.id == outbox.c.run_id))
+                .where(runs.c.project_id == pid)
+                .group_by(outbox.c.status)
+            ).all()
+        )
         state = conn.execute(select(sync_state).where(sync_state.c.project_id == pid)).first()
         out.append(
             ProjectStatus(
@@ -147,6 +156,7 @@ def project_statuses(conn: Connection) -> list[ProjectStatus]:
                 last_summary=state.last_summary if state else None,
                 remote_run_count=state.remote_run_count if state else None,
                 failing_runs=failing,
+                edits=edits,
             )
         )
     return out
