@@ -113,6 +113,7 @@ def run_cycle(
                     policy or settings.push.policy,
                     settings.push.wait_for_running,
                     settings.sync.record_batch,
+                    settings.sync.concurrency,
                 ).run()
             if pull:
                 options = PullOptions(

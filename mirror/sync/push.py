@@ -9,7 +9,7 @@ conflict detection W&B lacks. For each batch of runs with open edits:
    policy decides (``abort``: the edit becomes a visible conflict; ``local-wins``;
    ``remote-wins``). Tags are a set and always merge. A summary key that a *running* run logs
    would be overwritten by the run itself, so such an edit waits until the run has ended;
-3. one ``upsertBucket`` per run writes the merged summary (W&B replaces it whole), only the
+3. one ``upsertBucket`` per run (several runs at once) writes the merged summary (W&B replaces it whole), only the
    edited config keys (W&B deep-merges config), the merged tags and the notes;
 4. read the runs back (one request per batch) and mark an edit done only if W&B holds it.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,7 @@ class Pusher:
         policy: str = "abort",
         wait_for_running: bool = True,
         batch: int = 100,
+        concurrency: int = 4,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown conflict policy {policy!r}; use one of {POLICIES}")
@@ -112,6 +114,7 @@ class Pusher:
         self.policy = policy
         self.wait_for_running = wait_for_running
         self.batch = batch
+        self.concurrency = concurrency
         self.report = PushReport(remote.path)
         self._ids: dict[str, int] = {}
 
@@ -155,26 +158,28 @@ class Pusher:
         return work
 
     def _push_batch(self, work: dict[str, tuple[dict[str, Any], list[OpenEdit]]]) -> None:
+        """Read, decide, write the runs' edits at once (``concurrency`` writes in flight), verify."""
         nodes = {n["name"]: n for n in self.remote.records(list(work))}
-        written: dict[str, list[_Decision]] = {}
+        decided: dict[str, list[_Decision]] = {}
         for name, (run, edits) in work.items():
-            node = nodes.get(name)
-            decisions = self._decide(run, edits, node)
-            if not decisions:
-                continue
-            if all(d.done for d in decisions):
-                written[name] = decisions
-                continue
-            try:
-                self.remote.push_edit(self._input(node, decisions))
-            except (AuthError, ProjectNotFound):
-                raise
-            except CommError as exc:
-                self._mark(decisions, outbox.FAILED, exc.message)
-                continue
-            written[name] = decisions
-        if written:
-            self._verify(written)
+            decisions = self._decide(run, edits, nodes.get(name))
+            if decisions:
+                decided[name] = decisions
+        to_write = {n: d for n, d in decided.items() if not all(x.done for x in d)}
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="mirror-push") as pool:
+            sent = {
+                name: pool.submit(self.remote.push_edit, self._input(nodes[name], decisions))
+                for name, decisions in to_write.items()
+            }
+            for name, future in sent.items():
+                try:
+                    future.result()
+                except (AuthError, ProjectNotFound):
+                    raise
+                except CommError as exc:
+                    self._mark(decided.pop(name), outbox.FAILED, exc.message)
+        if decided:
+            self._verify(decided)
 
     def _decide(
         self, run: dict[str, Any], edits: Sequence[OpenEdit], node: dict[str, Any] | None
