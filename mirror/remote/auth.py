@@ -51,9 +51,8 @@ def _netrc_key(host: str, environ: Mapping[str, str]) -> tuple[str | None, str]:
     if not path.is_file():
         return None, str(path)
     try:
+        # exactly the host[:port] `wandb login` wrote: never a key meant for another port
         found = netrc.netrc(str(path)).authenticators(host)
-        if found is None and ":" in host:
-            found = netrc.netrc(str(path)).authenticators(host.split(":")[0])
     except (netrc.NetrcParseError, OSError) as exc:
         reason = exc.msg if isinstance(exc, netrc.NetrcParseError) else exc.strerror
         raise ConfigError(f"{path}: cannot read netrc: {reason}") from None

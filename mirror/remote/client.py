@@ -14,6 +14,7 @@ a log line, an exception text or a repr. Pre-signed file URLs are fetched with n
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -22,6 +23,8 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -46,10 +49,15 @@ class RetryableError(CommError):
     """A failure that may pass: a 429, 408, 5xx, a network error or a garbled answer."""
 
     def __init__(
-        self, message: str, exc: BaseException | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        exc: BaseException | None = None,
+        retry_after: float | None = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(message, exc)
         self.retry_after = retry_after
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -141,7 +149,7 @@ class Pacer:
         interval = self.min_interval_s
         low = limit and remaining is not None and remaining < self.slow_below * limit
         if low and reset is not None:
-            interval = max(interval, min(reset, MAX_HINT_S) / max(remaining, 1.0))
+            interval = max(interval, min(reset, MAX_HINT_S) / (remaining + 1))
         with self._lock:
             self.interval_s = interval
 
@@ -150,16 +158,43 @@ class Pacer:
             self._next = max(self._next, time.monotonic() + seconds)
 
 
-def retry_hint(headers: Mapping[str, str]) -> float | None:
-    """How long the server asked us to wait: ``Retry-After`` (seconds), else ``RateLimit-Reset``."""
+def _http_date_delay(headers: Mapping[str, str], name: str) -> float | None:
+    """Seconds from now until the HTTP date in header ``name`` (``Retry-After`` may be one)."""
+    try:
+        when = parsedate_to_datetime(headers[name])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def retry_hint(headers: Mapping[str, str], status: int = 429) -> float | None:
+    """How long the server asked us to wait before trying again.
+
+    ``Retry-After`` (seconds or an HTTP date) on any answer; failing that, ``RateLimit-Reset``
+    on a 429 or once ``RateLimit-Remaining`` is 0. W&B sends ``RateLimit-*`` with every answer,
+    so on a 5xx while the limit still has room the reset is only when the window ends: waiting
+    for it would stall every request of the sync for nothing.
+    """
     hint = _number(headers, "Retry-After")
     if hint is None:
+        hint = _http_date_delay(headers, "Retry-After")
+    if hint is None and (status == 429 or _number(headers, "RateLimit-Remaining") == 0):
         hint = _number(headers, "RateLimit-Reset")
     return None if hint is None else min(hint, MAX_HINT_S)
 
 
-def _error_text(response: requests.Response) -> str:
-    """The server's own words for a failed request, kept short; never request headers."""
+def _redact(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every secret blanked out (a server or proxy may echo what it was sent)."""
+    for secret in secrets:
+        text = text.replace(secret, "[API key]")
+    return text
+
+
+def _error_text(response: requests.Response, secrets: tuple[str, ...] = ()) -> str:
+    """The server's own words for a failed request, kept short; never request headers, and
+    never the key, even when the server echoes it."""
     try:
         body = response.json()
     except ValueError:
@@ -172,7 +207,7 @@ def _error_text(response: requests.Response) -> str:
         message = message or body.get("error")
     if not message:
         message = response.text.strip().splitlines()[0] if response.text.strip() else ""
-    text = str(message)[:200]
+    text = _redact(str(message), secrets)[:200]
     return f"HTTP {response.status_code}" + (f": {text}" if text else "")
 
 
@@ -193,6 +228,9 @@ class RemoteClient:
         self.pacer = Pacer(self.settings.min_interval_s, self.settings.slow_below)
         self._local = threading.local()
         self.graphql_url = credentials.base_url + "/graphql"
+        key = credentials.api_key
+        basic = base64.b64encode(f"api:{key}".encode()).decode()
+        self._secrets = tuple(s for s in (basic, key) if s)
 
     def __repr__(self) -> str:
         return f"RemoteClient({self.credentials.base_url!r})"
@@ -231,7 +269,13 @@ class RemoteClient:
         return wait
 
     def _stop(self, state: RetryCallState) -> bool:
-        return state.attempt_number >= self.settings.max_attempts or not self.budget.take()
+        """At most ``max_attempts`` per request; every retry but a rate limit's draws on the
+        sync's budget: waiting as W&B asks is not a failure, and a long sync under a tight
+        limit should slow down, not skip runs."""
+        if state.attempt_number >= self.settings.max_attempts:
+            return True
+        exc = state.outcome.exception() if state.outcome else None
+        return getattr(exc, "status", None) != 429 and not self.budget.take()
 
     def _before_sleep(self, state: RetryCallState) -> None:
         self.stats.add(retries=1)
@@ -282,14 +326,18 @@ class RemoteClient:
         self.pacer.observe(response.headers)
         status = response.status_code
         if status in RETRY_STATUSES:
-            raise RetryableError(_error_text(response), retry_after=retry_hint(response.headers))
+            raise RetryableError(
+                _error_text(response, self._secrets),
+                retry_after=retry_hint(response.headers, status),
+                status=status,
+            )
         if authenticated and status in (401, 403):
             raise AuthError(
                 f"{self.credentials.host} refused the API key from {self.credentials.source} "
                 f"(HTTP {status}); {self.credentials.login_hint()}"
             )
         if status >= 400:
-            raise CommError(f"{where} answered {_error_text(response)}")
+            raise CommError(f"{where} answered {_error_text(response, self._secrets)}")
         return response
 
     def execute(self, document: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -309,7 +357,8 @@ class RemoteClient:
             if errors:
                 first = errors[0] if isinstance(errors, list) and errors else errors
                 message = first.get("message") if isinstance(first, dict) else first
-                raise CommError(f"W&B refused {operation}: {str(message)[:300]}")
+                text = _redact(str(message), self._secrets)[:300]
+                raise CommError(f"W&B refused {operation}: {text}")
             data = payload.get("data")
             if not isinstance(data, dict):
                 raise RetryableError("W&B answered without data")

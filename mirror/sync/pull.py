@@ -503,9 +503,17 @@ class ProjectPull:
     def _pages(
         self, name: str, next_step: int, remaining: int, last: int | None, events_due: bool
     ) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]]:
-        """History in windows W&B never samples: ``page`` steps wide (so at most ``page`` rows),
-        or, once the rows left fit in a page, one window to the end of the run."""
+        """History in windows W&B never samples, or, once the rows left fit in a page, one
+        window to the end of the run.
+
+        A window ``page`` steps wide holds at most ``page`` rows, so W&B never samples it. Steps
+        are often sparse (``wandb.log(step=global_step)``, a run resumed at step 5000): a window
+        that comes back sparse is widened for the next one, to about a page of rows at the
+        density seen, and a window wider than a page asks for one row more than a page, so that
+        an answer that may have been sampled shows as a full one and is asked again, narrower.
+        """
         page = self.settings.history_page
+        width = page
         narrow = False
         for _ in range(MAX_OPEN_WINDOWS):
             if self._stop.is_set():
@@ -513,21 +521,24 @@ class ProjectPull:
             if (last is not None and next_step > last) or (last is None and remaining <= 0):
                 return
             tail = not narrow and remaining <= page
-            end = (last + 1 if last is not None else END_OF_HISTORY) if tail else next_step + page
-            samples = page + 1 if tail else page
+            stop = last + 1 if last is not None else END_OF_HISTORY
+            end = stop if tail else min(stop, next_step + width)
+            wide = end - next_step > page
             found = self.remote.history(
                 name,
                 next_step,
                 end,
-                samples,
+                page + 1 if wide else page,
                 self.settings.event_samples if events_due else None,
             )
             if found is None:
                 raise CommError("the run was deleted on W&B during the sync")
             rows, events = found
             events_due = events_due and events is None
-            if tail and len(rows) > page:
-                narrow = True  # more rows than W&B's counts said: W&B may have sampled them
+            if wide and len(rows) > page:
+                # more rows than a page in this window: W&B may have sampled them
+                narrow = narrow or tail
+                width = max(page, min(width, end - next_step) // 2)
                 yield [], events
                 continue
             rows = sorted(
@@ -538,6 +549,8 @@ class ProjectPull:
             next_step = end
             if tail:
                 return
+            if len(rows) < page // 2:  # sparse steps: about a page of rows at this density
+                width = min(width * 16, max(page, width * page * 4 // (5 * max(len(rows), 1))))
         raise CommError("W&B gives no last step for this run's history and it does not end")
 
     def _checked_export(self, item: _RunWork) -> CheckedExport | None:
