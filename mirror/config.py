@@ -61,7 +61,8 @@ class SyncSettings:
     history_page: int = 1000
     event_samples: int = 100_000
     parquet: bool = True
-    parquet_min_rows: int = 5000
+    parquet_min_rows: int = 1
+    parquet_after: float = 14_400.0  # seconds after a run's last heartbeat: W&B exports late
     max_delete_fraction: float = 0.5
     lag_window: float = 300.0  # seconds: runs changed more recently are read again next cycle
 
@@ -124,6 +125,7 @@ _SYNC_KNOWN: dict[str, tuple[Any, float]] = {
     "event_samples": (int, 1),
     "parquet": (bool, 0),
     "parquet_min_rows": (int, 0),
+    "parquet_after": (_NUMBER, 0),
     "max_delete_fraction": (_NUMBER, 0),
     "lag_window": (_NUMBER, 0),
 }

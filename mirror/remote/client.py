@@ -33,6 +33,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 from mirror import __version__
 from mirror.errors import CommError
 from mirror.remote.auth import Credentials
+from mirror.remote.jsontext import loads
 
 log = logging.getLogger("mirror.remote")
 
@@ -348,7 +349,7 @@ class RemoteClient:
         def attempt() -> dict[str, Any]:
             response = self._send("POST", self.graphql_url, True, data=body)
             try:
-                payload = json.loads(response.content)
+                payload = loads(response.content)
             except ValueError as exc:
                 raise RetryableError("W&B answered with something that is not JSON", exc) from None
             if not isinstance(payload, dict):

@@ -14,6 +14,7 @@ from typing import Any
 from mirror.errors import CommError
 from mirror.remote import queries
 from mirror.remote.client import RemoteClient
+from mirror.remote.jsontext import loads
 
 
 class ProjectNotFound(CommError):
@@ -36,11 +37,6 @@ class ParquetHistory:
 
     urls: list[str]
     live_steps: list[int]
-
-
-def _loads(text: str) -> Any:
-    """W&B's JSON text, NaN and ±Infinity tokens included."""
-    return json.loads(text)
 
 
 class RemoteProject:
@@ -109,7 +105,7 @@ class RemoteProject:
         nodes = [e["node"] for e in edges if isinstance(e, dict) and e.get("node")]
         for node in nodes:
             if isinstance(node.get("historyKeys"), str):  # some servers send it as text
-                node["historyKeys"] = _loads(node["historyKeys"])
+                node["historyKeys"] = loads(node["historyKeys"])
         return nodes
 
     def history(
@@ -146,11 +142,23 @@ class RemoteProject:
         if not (data.get("upsertBucket") or {}).get("bucket"):
             raise CommError(f"{self.path}: W&B did not take the edit (no run in its answer)")
 
-    def parquet_history(self, name: str) -> ParquetHistory | None:
-        """The run's exported history files and the live steps after them."""
-        run = self._run(queries.PARQUET_HISTORY, name, liveKeys=["_step"])
+    def parquet_history(
+        self, name: str, event_samples: int | None = None
+    ) -> tuple[ParquetHistory, list[dict[str, Any]] | None] | None:
+        """The run's exported history files and the live steps after them, and its events
+        when ``event_samples`` is given (in the same request)."""
+        if event_samples is None:
+            run = self._run(queries.PARQUET_HISTORY, name, liveKeys=["_step"])
+        else:
+            run = self._run(
+                queries.PARQUET_HISTORY_WITH_EVENTS,
+                name,
+                liveKeys=["_step"],
+                eventSamples=event_samples,
+            )
         if run is None:
             return None
+        events = None if event_samples is None else _rows(run.get("events"), self.path, name)
         found = run.get("parquetHistory") or {}
         urls = [u for u in found.get("parquetUrls") or [] if isinstance(u, str)]
         steps = []
@@ -158,7 +166,7 @@ class RemoteProject:
             step = item.get("_step") if isinstance(item, dict) else None
             if isinstance(step, (int, float)) and not isinstance(step, bool):
                 steps.append(int(step))
-        return ParquetHistory(urls, sorted(steps))
+        return ParquetHistory(urls, sorted(steps)), events
 
 
 def _rows(values: Any, path: str, name: str) -> list[dict[str, Any]]:
@@ -168,7 +176,7 @@ def _rows(values: Any, path: str, name: str) -> list[dict[str, Any]]:
     rows = []
     for value in values:
         try:
-            row = _loads(value) if isinstance(value, str) else value
+            row = loads(value) if isinstance(value, str) else value
         except ValueError:
             raise CommError(f"{path}/{name}: W&B sent a history row that is not JSON") from None
         if not isinstance(row, dict):

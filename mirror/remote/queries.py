@@ -93,6 +93,18 @@ PARQUET_HISTORY = """query MirrorParquetHistory(
   }
 }"""
 
+PARQUET_HISTORY_WITH_EVENTS = """query MirrorParquetHistoryWithEvents(
+  $entity: String!, $project: String!, $run: String!, $liveKeys: [String!]!,
+  $eventSamples: Int!
+) {
+  project(name: $project, entityName: $entity) {
+    run(name: $run) {
+      parquetHistory(liveKeys: $liveKeys) { parquetUrls liveData }
+      events(samples: $eventSamples)
+    }
+  }
+}"""
+
 #: One mutation writes a whole edit (W&B's SDK sends two: config, tags and notes, then summary).
 PUSH_EDIT = """mutation MirrorPushEdit($input: UpsertBucketInput!) {
   upsertBucket(input: $input) { bucket { name } }
@@ -107,5 +119,6 @@ ALL = {
     "HISTORY_PAGE_WITH_EVENTS": HISTORY_PAGE_WITH_EVENTS,
     "EVENTS": EVENTS,
     "PARQUET_HISTORY": PARQUET_HISTORY,
+    "PARQUET_HISTORY_WITH_EVENTS": PARQUET_HISTORY_WITH_EVENTS,
     "PUSH_EDIT": PUSH_EDIT,
 }

@@ -138,7 +138,9 @@ def encode(rows: Sequence[dict[str, Any]]) -> bytes:
             entry["v"] = add(dumps(values).encode())
         header.append(entry)
     head = json.dumps({"n": n, "c": header}).encode()
-    return zlib.compress(struct.pack("<I", len(head)) + head + b"".join(buffers), 6)
+    # Level 1: a sync writes every row through here, and level 6 costs twice the time for 1-2%
+    # less space on these buffers (measured on synthetic chunks with media objects).
+    return zlib.compress(struct.pack("<I", len(head)) + head + b"".join(buffers), 1)
 
 
 def _column_kind(values: list[Any]) -> tuple[str, np.ndarray | None]:

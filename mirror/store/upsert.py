@@ -52,20 +52,26 @@ def ensure_project(conn: Connection, entity: str, name: str) -> int:
     ).scalar_one()
 
 
-def _json_text(value: Any, default: str) -> str:
-    if value is None:
+def _json_text(value: Any, default: str | None) -> str | None:
+    """A JSON field's stored text; a JSON null, as a value or as text, stores ``default``."""
+    if value is None or value == "null":
         return default
     return value if isinstance(value, str) else dumps(value)
 
 
 def run_columns(entity: str, project: str, node: dict[str, Any]) -> dict[str, Any]:
-    """A W&B GraphQL ``Run`` node → the ``runs`` columns it sets (fields it lacks are left out)."""
+    """A W&B GraphQL ``Run`` node → the ``runs`` columns it sets (fields it lacks are left out).
+
+    An unknown ``historyKeys`` is SQL NULL whichever way the run came in (a pull, an import,
+    ``upsertBucket``), never the text ``null``: readers then compute it from the stored rows,
+    where the text would tell the client the run has no history at all.
+    """
     cols: dict[str, Any] = {}
     for key, column in NODE_COLUMNS.items():
         if key in node:
             cols[column] = node[key]
     cols["storage_id"] = cols.get("storage_id") or storage_id(entity, project, node["name"])
-    json_defaults = {"tags": "[]", "historyKeys": "null"}
+    json_defaults: dict[str, str | None] = {"tags": "[]", "historyKeys": None}
     for key, column in NODE_JSON_COLUMNS.items():
         if key in node:
             cols[column] = _json_text(node[key], json_defaults.get(key, "{}"))
@@ -207,7 +213,12 @@ def append_history(
     stream, after a crash adds nothing twice. Rows without ``_step`` (system-metric events) are
     numbered by position counting from ``start``: hand the stream from its beginning, or say
     where the given rows begin. Rows are consumed a chunk at a time (a million-step stream never
-    sits in memory), and a partly filled last chunk is merged with the new rows.
+    sits in memory).
+
+    A sync appends a page at a time, so re-encoding a partly filled last chunk on every page
+    would cost each row many encodings. The last chunk is merged with the new rows only when
+    they are at least as many as it holds, and trailing part-filled chunks are compacted into
+    full ones once they add up to a chunk: each row is encoded a small, bounded number of times.
     """
     tail = (
         conn.execute(
@@ -220,24 +231,61 @@ def append_history(
         .first()
     )
     after = None if tail is None else tail["last_step"]
+    partial = tail is not None and tail["row_count"] < codec.CHUNK_ROWS
     buffer: list[tuple[int, dict[str, Any]]] = []
     added = 0
     for step, row in codec.number_rows(rows, start):
         if after is not None and step <= after:
             continue  # already mirrored, or a repeated/backwards step within these rows
-        if added == 0 and tail is not None and tail["row_count"] < codec.CHUNK_ROWS:
-            previous = codec.decode(tail["data"]).rows()
-            buffer = list(codec.number_rows(previous, tail["first_step"]))
-            conn.execute(delete(history_chunks).where(history_chunks.c.id == tail["id"]))
         buffer.append((step, row))
         after = step
         added += 1
-        if len(buffer) == codec.CHUNK_ROWS:
-            _write_chunk(conn, run_id, stream, buffer)
-            buffer = []
+        if partial and len(buffer) >= tail["row_count"]:
+            buffer = _take_chunk(conn, tail) + buffer
+            partial = False
+        while len(buffer) >= codec.CHUNK_ROWS:
+            _write_chunk(conn, run_id, stream, buffer[: codec.CHUNK_ROWS])
+            buffer = buffer[codec.CHUNK_ROWS :]
     if buffer:
         _write_chunk(conn, run_id, stream, buffer)
+    if added:
+        _compact(conn, run_id, stream)
     return added
+
+
+#: trailing part-filled chunks allowed before they are compacted, whatever their total
+_MAX_PARTS = 32
+
+
+def _take_chunk(conn: Connection, chunk: Any) -> list[tuple[int, dict[str, Any]]]:
+    """A stored chunk's numbered rows, the chunk itself deleted (its rows are re-written)."""
+    rows = list(codec.number_rows(codec.decode(chunk["data"]).rows(), chunk["first_step"]))
+    conn.execute(delete(history_chunks).where(history_chunks.c.id == chunk["id"]))
+    return rows
+
+
+def _compact(conn: Connection, run_id: int, stream: str) -> None:
+    """Merge the part-filled chunks at the end of a stream once they fill a chunk."""
+    c = history_chunks.c
+    trailing = []
+    query = (
+        select(c.id, c.first_step, c.row_count)
+        .where(c.run_id == run_id, c.stream == stream)
+        .order_by(c.last_step.desc())
+    )
+    for chunk in conn.execute(query.limit(_MAX_PARTS + 1)).mappings():
+        if chunk["row_count"] >= codec.CHUNK_ROWS:
+            break
+        trailing.append(chunk)
+    total = sum(chunk["row_count"] for chunk in trailing)
+    if len(trailing) < 2 or (total < codec.CHUNK_ROWS and len(trailing) <= _MAX_PARTS):
+        return
+    buffer: list[tuple[int, dict[str, Any]]] = []
+    for chunk in reversed(trailing):
+        data = conn.execute(select(c.data).where(c.id == chunk["id"])).scalar_one()
+        buffer += _take_chunk(conn, {**chunk, "data": data})
+    for begin in range(0, len(buffer), codec.CHUNK_ROWS):
+        _write_chunk(conn, run_id, stream, buffer[begin : begin + codec.CHUNK_ROWS])
 
 
 def _write_chunk(

@@ -424,10 +424,14 @@ class ProjectPull:
                 if not need.wanted and not events:
                     state.mark_synced(conn, run_id, mark)
                     continue
+                # W&B exports a run some hours after it ends: asking earlier costs a request
                 parquet = (
                     self.settings.parquet
                     and node.get("state") == "finished"
                     and need.remaining >= max(1, self.settings.parquet_min_rows)
+                    and settled(
+                        {"heartbeatAt": node.get("heartbeatAt")}, now, self.settings.parquet_after
+                    )
                 )
                 work.append(_RunWork(name, run_id, mark, need, events, parquet))
                 if name not in new:
@@ -477,7 +481,8 @@ class ProjectPull:
         next_step, remaining, last = need.next_step, need.remaining, need.last_step
         events_due = item.events
         if item.parquet:
-            export = self._checked_export(item)
+            export = self._checked_export(item, events_due)
+            events_due = False  # they came with the export's answer
             if export is not None:
                 for rows in export.rows():
                     rows = [r for r in rows if step_of(r, -1) >= next_step]
@@ -553,11 +558,18 @@ class ProjectPull:
                 width = min(width * 16, max(page, width * page * 4 // (5 * max(len(rows), 1))))
         raise CommError("W&B gives no last step for this run's history and it does not end")
 
-    def _checked_export(self, item: _RunWork) -> CheckedExport | None:
-        """The run's exported files, downloaded and verified; ``None``: page it instead."""
-        found = self.remote.parquet_history(item.name)
-        if found is None:
+    def _checked_export(self, item: _RunWork, events_due: bool) -> CheckedExport | None:
+        """The run's exported files, downloaded and verified; ``None``: page it instead.
+
+        The run's events, when due, come in the same request and are handed to the writer.
+        """
+        samples = self.settings.event_samples if events_due else None
+        answer = self.remote.parquet_history(item.name, samples)
+        if answer is None:
             raise CommError("the run was deleted on W&B during the sync")
+        found, events = answer
+        if events is not None:
+            self._emit("rows", item, "events", events, False)
         if not found.urls:
             return None
         what = f"{self.remote.path}/{item.name}"
