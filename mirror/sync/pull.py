@@ -132,6 +132,12 @@ class _RunWork:
     parquet: bool
 
 
+def _has_events(node: dict[str, Any]) -> bool:
+    """W&B keeps a run's latest system metrics in ``systemMetrics``: empty, it logged none."""
+    found = node.get("systemMetrics")
+    return found not in (None, "", "{}", {})
+
+
 class _Stopped(Exception):
     """The cycle is being abandoned (interrupted, or a fatal error elsewhere)."""
 
@@ -420,7 +426,9 @@ class ProjectPull:
                 need = history_need(node, *mirrored.get(run_id, (0, None)))
                 if need.rewritten:
                     state.drop_history(conn, run_id)
-                events = need.rewritten or self.options.full or data_moved(old.get(name), mark)
+                events = (
+                    need.rewritten or self.options.full or data_moved(old.get(name), mark)
+                ) and _has_events(node)
                 if not need.wanted and not events:
                     state.mark_synced(conn, run_id, mark)
                     continue
