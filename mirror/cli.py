@@ -218,9 +218,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from mirror.exchange import import_dir
+    from mirror.exchange import check_source, import_dir
 
-    print(import_dir(_open_for_writing(args), Path(args.directory)))
+    source = check_source(args.directory)  # before the database: a bad path creates nothing
+    print(import_dir(_open_for_writing(args), source))
     return 0
 
 

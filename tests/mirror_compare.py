@@ -60,7 +60,9 @@ def snapshot(db: Path, entity: str, project: str) -> dict[str, dict[str, Any]]:
         engine.dispose()
 
 
-def differences(upstream: Path, mirror: Path, entity: str, project: str, limit: int = 10) -> list[str]:
+def differences(
+    upstream: Path, mirror: Path, entity: str, project: str, limit: int = 10
+) -> list[str]:
     """Where the mirror differs from the upstream (empty: an exact mirror)."""
     want = snapshot(upstream, entity, project)
     got = snapshot(mirror, entity, project)

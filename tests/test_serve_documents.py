@@ -280,10 +280,10 @@ def test_history_without_samples_is_capped_at_500_with_or_without_a_window(engin
             (0, 10**9, 0, 1199),
             (100, 1100, 100, 1099),
         ]:
-            rows = stream_rows(conn, cache, run_id, "history", None, lo, hi)
+            rows = list(stream_rows(conn, cache, run_id, "history", None, lo, hi))
             assert len(rows) == DEFAULT_SAMPLES == 500
             assert rows[0]["_step"] == first and rows[-1]["_step"] == last
-        every = stream_rows(conn, cache, run_id, "history", 1000, 100, 1100)
+        every = list(stream_rows(conn, cache, run_id, "history", 1000, 100, 1100))
         assert [r["_step"] for r in every] == list(range(100, 1100))
 
 
@@ -340,7 +340,9 @@ def test_sampled_history_keeps_rows_holding_all_keys_with_inclusive_max(served, 
     assert got[0]["_step"] >= lo and got[-1]["_step"] <= hi
 
 
-def test_sampled_rows_are_json_objects_with_bare_nan_tokens(served, store):
+def test_sampled_rows_are_json_objects_with_non_finite_values_as_strings(served, store):
+    """``sampledHistory`` is typed JSON: wandb-core decodes it with Go's strict decoder, so NaN
+    and ±Infinity travel as the strings W&B's own sweep code reads."""
     project_id = find_project(store, ENTITY, SDK_PROJECT)["id"]
     run_id = find_run(store, project_id, SDK_RUN)["id"]
     rows = list(iter_rows(store, run_id))
@@ -354,9 +356,10 @@ def test_sampled_rows_are_json_objects_with_bare_nan_tokens(served, store):
         doc("sdk_head_RunSampledHistory"),
         {**run_vars(SDK_RUN, SDK_PROJECT), "specs": [spec]},
     )
-    assert "NaN" in response.text or "Infinity" in response.text
-    assert '"NaN"' not in response.text and '"Infinity"' not in response.text
-    assert loads(response.text)["data"]["project"]["run"]["sampledHistory"][0]
+    assert '"NaN"' in response.text or '"Infinity"' in response.text
+    assert ":NaN" not in response.text and ":Infinity" not in response.text
+    assert ":-Infinity" not in response.text
+    assert json.loads(response.text)["data"]["project"]["run"]["sampledHistory"][0]
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,9 @@ by signed URL, with no API key, as W&B's pre-signed object-store URLs do (see
 ``/sdk/otel/v1/metrics``); those side channels get an empty 200 so that nothing is logged as an
 error. Every other path is a small JSON 404. One INFO line per request, never a header value
 (nor a URL token: it is a credential while it lasts).
+
+Each GraphQL request runs within a budget (``mirror.serve.limits``): a time limit, and a
+response size counted while it is built and checked once more on the encoded answer.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from sqlalchemy import Engine
 from mirror.serve.auth import KeyChecker
 from mirror.serve.chunk_cache import ChunkCache
 from mirror.serve.context import RequestContext
-from mirror.serve.executor import Outcome, run_request
+from mirror.serve.executor import Outcome, aborted, describe, run_request
 from mirror.serve.faults import FaultConfig, FaultInjector
 from mirror.serve.jsonout import dumps_response
+from mirror.serve.limits import Budget, Budgets, Limits, current, too_large
 from mirror.serve.parquet_export import URL_PATH, ParquetExports, TokenError
 from mirror.store.fields import loads
 
@@ -34,11 +38,11 @@ log = logging.getLogger("mirror.serve")
 
 #: set in the WSGI environ when the connection must be closed without a response
 DROP_CONNECTION = "mirror.drop_connection"
+#: in the WSGI environ: call it once a request has passed the key check (see ``server``)
+TRUST_CONNECTION = "mirror.trust_connection"
 GRAPHQL_PATHS = frozenset({"/graphql", "/graphql/"})
 SIDE_CHANNEL_PREFIXES = ("/sdk/", "/analytics", "/telemetry")
 StartResponse = Callable[..., Any]
-#: the largest request body accepted, as sent and once inflated (gzip or deflate)
-MAX_BODY_BYTES = 512 * 1024 * 1024
 #: ``wbits`` for zlib: gzip framing, and zlib framing (HTTP's ``deflate``)
 _GZIP, _ZLIB = 31, 15
 
@@ -152,7 +156,7 @@ def _inflate(raw: bytes, wbits: int, limit: int) -> bytes:
             return bytes(out)
 
 
-def _read_body(environ: dict[str, Any], limit: int = MAX_BODY_BYTES) -> Any:
+def _read_body(environ: dict[str, Any], limit: int) -> Any:
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
@@ -177,15 +181,22 @@ class MirrorApp:
         engine: Engine,
         keys: KeyChecker,
         faults: FaultConfig | None = None,
-        max_body_bytes: int = MAX_BODY_BYTES,
+        max_body_bytes: int | None = None,
         exports: ParquetExports | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.engine = engine
         self.keys = keys
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits or Limits()
+        self.max_body_bytes = max_body_bytes or self.limits.max_body_bytes
         self.faults = FaultInjector(faults or FaultConfig())
         self.chunks = ChunkCache()
         self.exports = exports
+        self.budgets = Budgets()
+
+    def stop(self) -> int:
+        """Stop every request in flight (the server is shutting down); returns how many."""
+        return self.budgets.cancel_all()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -222,6 +233,9 @@ class MirrorApp:
                 status, headers, body = _error(401, "invalid or missing API key")
                 headers.append(("WWW-Authenticate", 'Basic realm="wandb-mirror"'))
                 return status, headers, body, ""
+            trust = environ.get(TRUST_CONNECTION)
+            if trust is not None:
+                trust()
             return self._graphql(environ)
         if path.startswith(SIDE_CHANNEL_PREFIXES):
             return 200, [("Content-Type", "application/json")], b"{}", "(ignored)"
@@ -279,6 +293,7 @@ class MirrorApp:
             return None, [], b"", "(fault)"
         if decision.delay_s:
             time.sleep(decision.delay_s)
+        budget = Budget(self.limits)
         try:
             payload = _read_body(environ, self.max_body_bytes)
         except BadBody as exc:
@@ -287,25 +302,41 @@ class MirrorApp:
         except BodyTooLarge as exc:
             status, base, body = _error(413, str(exc))
             return status, base + headers, body, ""
-        outcome = self._execute(payload, _base_url(environ))
+        outcome = self._execute(payload, budget, _base_url(environ))
         headers = [("Content-Type", "application/json"), *headers]
-        return outcome.status, headers, dumps_response(outcome.body), outcome.operation or ""
+        body = dumps_response(outcome.body)
+        if len(body) > self.limits.max_response_bytes:
+            outcome = aborted(too_large(self.limits), outcome.operation)
+            body = dumps_response(outcome.body)
+        code = _error_code(outcome.body)
+        label = " ".join(part for part in (outcome.operation, code and f"({code})") if part)
+        return outcome.status, headers, body, label
 
-    def _execute(self, payload: Any, base_url: str = "") -> Outcome:
+    def _execute(self, payload: Any, budget: Budget, base_url: str = "") -> Outcome:
         context = RequestContext(
             self.engine,
             self.chunks,
             page_repeat=self.faults.config.page_repeat,
             exports=self.exports,
             base_url=base_url,
+            budget=budget,
         )
         try:
-            return run_request(payload, context)
-        except Exception:  # a bug or a broken database: logged once, answered as W&B would
-            log.exception("request failed")
+            with self.budgets.track(budget), current(budget):
+                return run_request(payload, context)
+        except Exception as exc:  # a bug or a broken database: one line, answered as W&B would
+            log.error("request failed: %s", describe(exc))
             return Outcome(500, {"errors": [{"message": "internal server error"}]})
         finally:
             context.close()
+
+
+def _error_code(body: dict[str, Any]) -> str | None:
+    """The code of a request stopped by its budget (for the access log), else None."""
+    errors = body.get("errors") or ()
+    if len(errors) == 1 and isinstance(errors[0], dict):
+        return (errors[0].get("extensions") or {}).get("code")
+    return None
 
 
 def _base_url(environ: dict[str, Any]) -> str:

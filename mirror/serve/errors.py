@@ -16,3 +16,9 @@ class HttpError(RequestError):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A value as an error message quotes it: its repr, cut short (a client may send megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"

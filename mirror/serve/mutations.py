@@ -17,10 +17,9 @@ from typing import Any
 from graphql import GraphQLResolveInfo
 from sqlalchemy import Connection, RowMapping, delete, select, update
 
-from mirror.serve.context import RequestContext
+from mirror.serve.context import RequestContext, guarded
 from mirror.serve.errors import RequestError
 from mirror.serve.resolvers import default_entity
-from mirror.store.engine import write_transaction
 from mirror.store.fields import dumps, loads
 from mirror.store.models import NODE_COLUMNS, NODE_JSON_COLUMNS, history_chunks, projects, runs
 from mirror.store.read import find_project, find_run, find_run_by_storage_id
@@ -128,7 +127,7 @@ def resolve_upsert_bucket(_root: Any, info: GraphQLResolveInfo, input: dict[str,
     """Update a run by storage id, or create one by name, project and entity."""
     ctx: RequestContext = info.context
     ctx.end_read()
-    with write_transaction(ctx.engine) as conn:
+    with ctx.write() as conn:
         entity, project, name, existing = _locate(conn, input)
         inserted = existing is None or existing["deleted_at"] is not None
         ids = upsert_runs(
@@ -152,7 +151,7 @@ def resolve_delete_run(_root: Any, info: GraphQLResolveInfo, input: dict[str, An
     """Tombstone the run: gone from listings and lookups, its rows kept."""
     ctx: RequestContext = info.context
     ctx.end_read()
-    with write_transaction(ctx.engine) as conn:
+    with ctx.write() as conn:
         run = _live_run(conn, input["id"])
         now = utcnow()
         conn.execute(update(runs).where(runs.c.id == run["id"]).values(deleted_at=now))
@@ -164,7 +163,7 @@ def resolve_update_run_state(_root: Any, info: GraphQLResolveInfo, input: dict[s
     ctx: RequestContext = info.context
     target = input["state"]
     ctx.end_read()
-    with write_transaction(ctx.engine) as conn:
+    with ctx.write() as conn:
         run = _live_run(conn, input["id"])
         allowed = ALLOWED_TRANSITIONS.get(target)
         if allowed is None:
@@ -187,7 +186,7 @@ def resolve_update_run_state(_root: Any, info: GraphQLResolveInfo, input: dict[s
 
 
 MUTATION_FIELDS = {
-    "upsertBucket": resolve_upsert_bucket,
-    "deleteRun": resolve_delete_run,
-    "updateRunState": resolve_update_run_state,
+    "upsertBucket": guarded(resolve_upsert_bucket),
+    "deleteRun": guarded(resolve_delete_run),
+    "updateRunState": guarded(resolve_update_run_state),
 }

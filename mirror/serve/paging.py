@@ -11,6 +11,7 @@ import binascii
 import re
 
 from mirror.errors import MirrorError
+from mirror.serve.errors import shown
 
 _PREFIX = "cursor:v1:"
 
@@ -24,15 +25,20 @@ def encode_cursor(position: int) -> str:
     return base64.b64encode(f"{_PREFIX}{position}".encode()).decode()
 
 
+#: the largest position a cursor may name: beyond it no listing reaches, and SQL's OFFSET
+#: (a 64-bit integer) would overflow
+MAX_POSITION = 2**62
+
+
 def decode_cursor(cursor: str) -> int:
     """The position a cursor names."""
     try:
         text = base64.b64decode(cursor, validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
         text = ""
-    match = re.fullmatch(re.escape(_PREFIX) + r"(\d+)", text)
-    if not match:
-        raise CursorError(f"invalid cursor {cursor!r}")
+    match = re.fullmatch(re.escape(_PREFIX) + r"(\d{1,19})", text)
+    if not match or int(match.group(1)) > MAX_POSITION:
+        raise CursorError(f"invalid cursor {shown(cursor)} for the argument 'after'")
     return int(match.group(1))
 
 

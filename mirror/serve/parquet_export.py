@@ -730,7 +730,7 @@ class ParquetExports:
             for entry in manifest.files
         ]
         live = [
-            {key: json_safe(row[key]) for key in live_keys if key in row}
+            {key: row[key] for key in live_keys if key in row}
             for row in cache.window(conn, run["id"], "history", manifest.boundary, None)
         ]
         return {"parquetUrls": urls, "liveData": live}

@@ -8,7 +8,7 @@ exactly what W&B sends: JSON *strings* for config and summaries, JSON objects fo
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from graphql import GraphQLResolveInfo
@@ -17,16 +17,23 @@ from sqlalchemy import Connection, RowMapping, case, func, select
 from mirror.query.filters import parse_filter, parse_order
 from mirror.query.sql import count_query, fetch_page, runs_query
 from mirror.serve import history
-from mirror.serve.context import RequestContext
+from mirror.serve.context import (
+    RequestContext,
+    Resolver,
+    guarded,
+    json_size,
+    sized,
+    text_size,
+)
 from mirror.serve.errors import HttpError, RequestError
 from mirror.serve.jsonout import RawJSON
+from mirror.serve.limits import MAX_PAGE_SIZE
 from mirror.serve.paging import encode_cursor, start_after
 from mirror.store.fields import dumps, loads
 from mirror.store.models import NODE_COLUMNS, projects, runs
 from mirror.store.read import find_project, find_run
 
 DEFAULT_PAGE_SIZE = 50
-Resolver = Callable[..., Any]
 
 
 def _ctx(info: GraphQLResolveInfo) -> RequestContext:
@@ -103,7 +110,7 @@ def resolve_models(
     conn = _conn(info)
     entity = entityName or default_entity(conn)
     start = start_after(after)
-    size = DEFAULT_PAGE_SIZE if first is None else max(first, 0)
+    size = page_size(first)
     rows = (
         conn.execute(
             select(projects)
@@ -159,6 +166,12 @@ def resolve_run_count(project: RowMapping, info: GraphQLResolveInfo, filters: An
     return _conn(info).execute(count_query(project["id"], _filter_node(filters))).scalar_one()
 
 
+def page_size(first: int | None) -> int:
+    """The page a listing answers: ``first`` (50 when absent) clamped to 1,000; the
+    client sees ``hasNextPage`` and goes on from the last cursor."""
+    return min(DEFAULT_PAGE_SIZE if first is None else max(first, 0), MAX_PAGE_SIZE)
+
+
 def _connection(rows: list[RowMapping], start: int, has_next: bool) -> dict:
     edges = [{"cursor": encode_cursor(start + i), "node": row} for i, row in enumerate(rows)]
     return {
@@ -193,9 +206,9 @@ def resolve_runs(
     node = _filter_node(filters)
     query = runs_query(project["id"], node, parse_order(order or None))
     start = start_after(after)
-    size = DEFAULT_PAGE_SIZE if first is None else first
-    if size < 0:
+    if first is not None and first < 0:
         raise RequestError("first must not be negative")
+    size = page_size(first)
     repeat = min(start, size, _ctx(info).page_repeat)
     fetched = fetch_page(_conn(info), query, start - repeat, repeat + size + 1)
     page = fetched[:repeat] + fetched[2 * repeat : repeat + size]
@@ -257,8 +270,9 @@ def _keys_subset(text: str | None, keys: list[str] | None) -> str | None:
 
 
 def resolve_history_keys(run: RowMapping, info: GraphQLResolveInfo) -> Any:
-    """Stored as W&B sent it; computed from the mirrored rows when W&B's copy is missing."""
-    if run["history_keys"] is not None:
+    """Stored as W&B sent it; computed from the mirrored rows when W&B's copy is missing (older
+    mirrors hold the text ``null`` for runs that ``upsertBucket`` made: missing too)."""
+    if run["history_keys"] not in (None, "null"):
         return RawJSON(run["history_keys"])
     return _ctx(info).chunks.history_keys(_conn(info), run["id"])
 
@@ -274,7 +288,7 @@ def resolve_history(
     rows = history.stream_rows(
         _conn(info), _ctx(info).chunks, run["id"], "history", samples, minStep, maxStep
     )
-    return [dumps(row) for row in rows]
+    return _metered(info, (dumps(row) for row in rows), len)
 
 
 def resolve_events(run: RowMapping, info: GraphQLResolveInfo, samples: int | None = None) -> list:
@@ -282,12 +296,28 @@ def resolve_events(run: RowMapping, info: GraphQLResolveInfo, samples: int | Non
     rows = history.stream_rows(
         _conn(info), _ctx(info).chunks, run["id"], "events", samples, None, None
     )
-    return [dumps(row) for row in rows]
+    return _metered(info, (dumps(row) for row in rows), len)
 
 
 def resolve_sampled_history(run: RowMapping, info: GraphQLResolveInfo, specs: list) -> list:
     """One list of row objects per spec."""
-    return [history.sampled_rows(_conn(info), _ctx(info).chunks, run["id"], spec) for spec in specs]
+    return [
+        _metered(info, history.sampled_rows(_conn(info), _ctx(info).chunks, run["id"], spec))
+        for spec in specs
+    ]
+
+
+def _metered(
+    info: GraphQLResolveInfo, items: Iterable[Any], size: Callable[[Any], int] = json_size
+) -> list[Any]:
+    """``items`` listed, each counted against the response size as it comes: a history answer
+    is stopped at the limit, not built whole first."""
+    budget = _ctx(info).budget
+    out = []
+    for item in items:
+        budget.charge(size(item))
+        out.append(item)
+    return out
 
 
 def resolve_parquet_history(run: RowMapping, info: GraphQLResolveInfo, liveKeys: list) -> dict:
@@ -296,8 +326,8 @@ def resolve_parquet_history(run: RowMapping, info: GraphQLResolveInfo, liveKeys:
     Only for finished runs whose last heartbeat is at least the export delay old (W&B exports
     hours after a run ends); other runs, and servers without exports, answer no files and no
     live steps, and clients then page everything with ``HistoryPage``. ``liveData`` holds only
-    the ``liveKeys`` of the steps after the export, with NaN and ±Infinity as strings: wandb-core
-    decodes this field with Go's strict JSON parser (see ``parquet_export``).
+    the ``liveKeys`` of the steps after the export; NaN and ±Infinity become strings there, as
+    in every JSON-typed field (wandb-core decodes them strictly: see ``schema``).
     """
     ctx = _ctx(info)
     if ctx.exports is None:
@@ -331,23 +361,25 @@ RUN_FIELDS: dict[str, Resolver] = {
     "projectId": lambda run, _info: str(run["project_id"]),
     "user": lambda run, _info: _user(run),
     "project": lambda run, info: _project_row(info, run["project_id"]),
-    "config": lambda run, _info, keys=None: _keys_subset(run["config"], keys),
-    "summaryMetrics": lambda run, _info, keys=None: _keys_subset(run["summary_metrics"], keys),
-    "systemMetrics": _column("system_metrics"),
-    "historyKeys": resolve_history_keys,
-    "history": resolve_history,
-    "events": resolve_events,
-    "sampledHistory": resolve_sampled_history,
-    "parquetHistory": resolve_parquet_history,
+    "config": sized(lambda run, _info, keys=None: _keys_subset(run["config"], keys), text_size),
+    "summaryMetrics": sized(
+        lambda run, _info, keys=None: _keys_subset(run["summary_metrics"], keys), text_size
+    ),
+    "systemMetrics": sized(_column("system_metrics"), text_size),
+    "historyKeys": guarded(resolve_history_keys, json_size),
+    "history": guarded(resolve_history),
+    "events": guarded(resolve_events),
+    "sampledHistory": guarded(resolve_sampled_history),
+    "parquetHistory": guarded(resolve_parquet_history, json_size),
     "computeSeconds": lambda run, _info: _compute_seconds(run),
     "logLineCount": lambda _run, _info: None,
 }
 
 QUERY_FIELDS: dict[str, Resolver] = {
-    "viewer": resolve_viewer,
-    "project": resolve_project,
-    "model": resolve_project,
-    "models": resolve_models,
+    "viewer": guarded(resolve_viewer),
+    "project": guarded(resolve_project),
+    "model": guarded(resolve_project),
+    "models": guarded(resolve_models),
     "serverInfo": resolve_server_info,
 }
 
@@ -360,9 +392,9 @@ PROJECT_FIELDS: dict[str, Resolver] = {
     "updatedAt": lambda p, _i: None,
     "readOnly": lambda p, _i: False,
     "entity": lambda p, _i: {"id": _b64(f"Entity:{p['entity']}"), "name": p["entity"]},
-    "runCount": resolve_run_count,
-    "runs": resolve_runs,
-    "run": resolve_project_run,
-    "bucket": resolve_project_run,
-    "sweep": resolve_sweep,
+    "runCount": guarded(resolve_run_count),
+    "runs": guarded(resolve_runs),
+    "run": guarded(resolve_project_run),
+    "bucket": guarded(resolve_project_run),
+    "sweep": guarded(resolve_sweep),
 }

@@ -22,9 +22,14 @@ from graphql import (
     value_from_ast_untyped,
 )
 
+from mirror.serve.errors import shown
+from mirror.serve.jsonout import RawJSON
 from mirror.serve.mutations import MUTATION_FIELDS
+from mirror.serve.parquet_export import json_safe
 from mirror.serve.resolvers import PROJECT_FIELDS, QUERY_FIELDS, RUN_FIELDS, Resolver
 from mirror.store.fields import dumps, loads
+
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def sdl() -> str:
@@ -52,9 +57,33 @@ def _serialize_json_string(value: Any) -> str:
     return value if isinstance(value, str) else dumps(value)
 
 
+def _serialize_json(value: Any) -> Any:
+    """A JSON-typed field's value with NaN and ±Infinity as strings.
+
+    wandb-core decodes these fields (``sampledHistory``, ``liveData``, ``historyKeys``) with
+    Go's strict JSON parser, which fails the whole request on a bare ``NaN`` token; JSONString
+    fields keep the tokens, which W&B's own parser reads. Stored JSON text is spliced in as is
+    unless it holds such a token.
+    """
+    if isinstance(value, RawJSON):
+        if "NaN" in value.text or "Infinity" in value.text:
+            return json_safe(loads(value.text))
+        return value
+    return json_safe(value)
+
+
 def _parse_int64(value: Any) -> int:
     if isinstance(value, bool):
         raise GraphQLError("Int64 cannot represent a boolean")
+    number = _whole_number(value)
+    if number is None:
+        raise GraphQLError(f"Int64 cannot represent {shown(value)}")
+    if not _INT64[0] <= number <= _INT64[1]:
+        raise GraphQLError(f"Int64 cannot represent {shown(value)}: beyond 64 bits")
+    return number
+
+
+def _whole_number(value: Any) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
@@ -63,14 +92,19 @@ def _parse_int64(value: Any) -> int:
         try:
             return int(value)
         except ValueError:
-            pass
-    raise GraphQLError(f"Int64 cannot represent {value!r}")
+            return None
+    return None
 
 
 def _int64_literal(node: ValueNode, _variables: Any = None) -> int:
+    """An Int64 written in the document. Its errors are ValueErrors: graphql-core then reports
+    them with the literal and its location (a GraphQLError would pass through without either)."""
     if isinstance(node, (IntValueNode, StringValueNode)):
-        return _parse_int64(node.value)
-    raise GraphQLError("Int64 must be an integer")
+        try:
+            return _parse_int64(node.value)
+        except GraphQLError as exc:
+            raise ValueError(exc.message) from None
+    raise ValueError("Int64 must be an integer")
 
 
 SCALARS: dict[str, dict[str, Any]] = {
@@ -80,7 +114,7 @@ SCALARS: dict[str, dict[str, Any]] = {
         "parse_literal": _json_string_literal,
     },
     "JSON": {
-        "serialize": lambda value: value,
+        "serialize": _serialize_json,
         "parse_value": lambda value: value,
         "parse_literal": value_from_ast_untyped,
     },

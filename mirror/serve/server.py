@@ -3,27 +3,41 @@
 Waitress gives keep-alive, a bounded thread pool and large bodies (pages of 1,000 full runs or
 history windows run to tens of MB). Binding beyond loopback without an API key is refused: the
 mirror holds the same data W&B guards with keys.
+
+Connections are bounded (``mirror.serve.limits``): one silent for the idle timeout is closed,
+and connections that have not yet completed an authorized GraphQL request (a slowloris sending
+half a header, a probe) may hold only half of the slots; when they would hold more, the oldest
+of them without a request in progress is closed to make room, so a newcomer is always let in.
+
+SIGTERM (or Ctrl-C) stops the server: requests in flight are cancelled (their statements
+interrupted), waitress gives its threads a few seconds, and should anything still hold on, the
+process exits anyway after ``STOP_GRACE_S``; the same signal a second time ends it at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import signal
 import sys
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from waitress.channel import HTTPChannel
-from waitress.server import create_server
+from waitress.server import BaseWSGIServer, create_server
 from waitress.task import WSGITask
 
 from mirror.errors import ConfigError, MirrorError
+from mirror.serve import limits as limit_options
 from mirror.serve import parquet_export
-from mirror.serve.app import DROP_CONNECTION, MAX_BODY_BYTES, MirrorApp
+from mirror.serve.app import DROP_CONNECTION, TRUST_CONNECTION, MirrorApp
 from mirror.serve.auth import KEYS_ENV, KeyChecker, configured_keys, is_loopback
 from mirror.serve.faults import OPTIONS, FaultConfig, env_name, from_env
+from mirror.serve.limits import Limits
 from mirror.serve.parquet_export import ParquetConfig, ParquetExports
 from mirror.store import migrate
 from mirror.store.engine import make_engine, sqlite_path
@@ -31,10 +45,20 @@ from mirror.store.engine import make_engine, sqlite_path
 log = logging.getLogger("mirror.serve")
 
 USAGE_ERROR = 2
+#: after SIGTERM, the process exits at the latest this many seconds later, whatever runs
+STOP_GRACE_S = 10.0
+#: request headers are a few hundred bytes; waitress would take 256 KB per connection
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class _Task(WSGITask):
-    """A waitress task that can hang up without answering (the drop fault)."""
+    """A waitress task that can hang up without answering (the drop fault), and that lets the
+    application say when its connection has passed the key check."""
+
+    def get_environment(self) -> dict[str, Any]:
+        environ = super().get_environment()
+        environ[TRUST_CONNECTION] = self.channel.trust
+        return environ
 
     def finish(self) -> None:
         if self.environ is not None and self.environ.get(DROP_CONNECTION):
@@ -43,35 +67,109 @@ class _Task(WSGITask):
         super().finish()
 
 
+class ConnectionGuard:
+    """Keeps connections that have not yet proved themselves to their share of the slots.
+
+    A connection is untrusted until it completes a GraphQL request that passes the key check.
+    Untrusted connections may hold ``share`` slots; one more arriving closes the oldest of them
+    that has no request in progress (an idle or half-sent one), so a client with a real request
+    always gets in however many half-open sockets a slowloris holds.
+
+    ``opened`` and ``closed`` run in waitress's I/O thread, ``trust`` in a worker thread.
+    """
+
+    def __init__(self, share: int) -> None:
+        self.share = max(share, 1)
+        self._untrusted: OrderedDict[HTTPChannel, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def opened(self, channel: HTTPChannel) -> None:
+        with self._lock:
+            self._untrusted[channel] = None
+            victims = []
+            for candidate in self._untrusted:
+                if len(self._untrusted) - len(victims) <= self.share:
+                    break
+                if candidate is not channel and not candidate.requests:
+                    victims.append(candidate)
+            for victim in victims:
+                del self._untrusted[victim]
+        for victim in victims:
+            victim.handle_close()
+
+    def trust(self, channel: HTTPChannel) -> None:
+        with self._lock:
+            self._untrusted.pop(channel, None)
+
+    def closed(self, channel: HTTPChannel) -> None:
+        with self._lock:
+            self._untrusted.pop(channel, None)
+
+
 class _Channel(HTTPChannel):
     task_class = _Task
+    guard: ConnectionGuard  # set on the subclass each server makes
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard.opened(self)
+
+    def trust(self) -> None:
+        """This connection passed the key check: it no longer counts as untrusted."""
+        self.guard.trust(self)
+
+    def close(self) -> None:
+        self.guard.closed(self)
+        super().close()
 
 
 def make_server(
-    app: Any, host: str, port: int, threads: int = 8
+    app: Any, host: str, port: int, threads: int = 8, limits: Limits | None = None
 ) -> Any:  # waitress has no public server type
     """A waitress server bound to ``host:port`` (port 0: any free port), not yet serving."""
+    limits = limits or Limits()
     server = create_server(
         app,
         host=host,
         port=port,
         threads=threads,
-        max_request_body_size=MAX_BODY_BYTES,
-        max_request_header_size=1024 * 1024,
-        channel_timeout=300,
-        connection_limit=256,
+        max_request_body_size=limits.max_body_bytes,
+        max_request_header_size=MAX_HEADER_BYTES,
+        channel_timeout=limits.idle_timeout,
+        cleanup_interval=1,  # idle connections go within a second of their timeout
+        connection_limit=limits.connection_limit,
+        asyncore_use_poll=True,  # select() cannot watch more than 1,024 sockets
         backlog=1024,
         ident="wandb-mirror",
         expose_tracebacks=False,
         clear_untrusted_proxy_headers=True,
     )
-    server.channel_class = _Channel
+    guard = ConnectionGuard(limits.connection_limit // 2)
+    channel_class = type("GuardedChannel", (_Channel,), {"guard": guard})
+    listeners = [server] if isinstance(server, BaseWSGIServer) else list(server.map.values())
+    for listener in listeners:
+        if isinstance(listener, BaseWSGIServer):
+            listener.channel_class = channel_class
     return server
 
 
-def _interrupt(*_args: object) -> None:
-    """SIGTERM stops the loop the way Ctrl-C does; closing sockets under it would break select."""
-    raise KeyboardInterrupt
+def _on_stop_signal(app: MirrorApp) -> Callable[..., None]:
+    """The SIGTERM and SIGINT handler: stop the loop the way Ctrl-C does (closing sockets under
+    it would break select), after cancelling the requests in flight (waitress would otherwise
+    wait for them) and arming the last-resort exit.
+
+    The exit timer is faulthandler's, a C thread that needs no GIL: it fires even if some
+    thread never lets Python code run again.
+    """
+
+    def stop(signum: int, _frame: object) -> None:
+        signal.signal(signum, signal.SIG_DFL)  # the same signal again ends the process at once
+        faulthandler.dump_traceback_later(STOP_GRACE_S, exit=True)
+        cancelled = app.stop()
+        log.info("stopping (%d request(s) in flight cancelled)", cancelled)
+        raise KeyboardInterrupt
+
+    return stop
 
 
 def serve(
@@ -82,6 +180,7 @@ def serve(
     faults: FaultConfig | None = None,
     threads: int = 8,
     parquet: ParquetConfig | None = None,
+    limits: Limits | None = None,
 ) -> None:
     """Serve the mirror at ``http://host:port/graphql`` until interrupted (SIGINT or SIGTERM).
 
@@ -103,9 +202,11 @@ def serve(
         engine.dispose()
         raise
     faults = faults or FaultConfig()
-    app = MirrorApp(engine, keys, faults, exports=exports)
-    server = make_server(app, host, port, threads)
-    signal.signal(signal.SIGTERM, _interrupt)
+    limits = limits or Limits()
+    app = MirrorApp(engine, keys, faults, exports=exports, limits=limits)
+    server = make_server(app, host, port, threads, limits)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _on_stop_signal(app))
     bound_port = server.effective_port
     log.info("serving %s at http://%s:%s/graphql", engine.url, host, bound_port)
     if faults.active:
@@ -127,6 +228,7 @@ def serve(
     finally:
         server.close()
         engine.dispose()
+        faulthandler.cancel_dump_traceback_later()
 
 
 def make_exports(database_url: str, config: ParquetConfig | None) -> ParquetExports | None:
@@ -165,6 +267,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY",
         help=f"accept this API key (repeatable; also {KEYS_ENV}, comma-separated)",
     )
+    bounds = parser.add_argument_group(
+        "limits on one request and on connections (each also reads WANDB_MIRROR_SERVE_<NAME>)"
+    )
+    defaults = Limits()
+    limit_helps = {
+        "request-timeout": "stop a request after this many seconds, with an error",
+        "max-body-mb": "largest request body in MB, as sent and once inflated",
+        "max-response-mb": "largest answer in MB; a larger one is refused with an error",
+        "max-cost": "most values one operation may ask for (lists multiply)",
+        "idle-timeout": "close a connection silent for this many seconds",
+        "connection-limit": "open connections at most; unauthorized ones get half",
+    }
+    limit_metavars = {"request-timeout": "S", "idle-timeout": "S", "max-cost": "N"}
+    limit_metavars.update({"max-body-mb": "MB", "max-response-mb": "MB", "connection-limit": "N"})
+    for option, (name, parse) in limit_options.OPTIONS.items():
+        bounds.add_argument(
+            f"--{option}",
+            dest=f"limit_{name}",
+            type=_argument_type(parse),
+            default=None,
+            metavar=limit_metavars[option],
+            help=f"{limit_helps[option]} ({getattr(defaults, name):,}) "
+            f"[{limit_options.env_name(option)}]",
+        )
     group = parser.add_argument_group(
         "testing options (fault injection, off by default; each also reads "
         "WANDB_MIRROR_SERVE_FAULT_<NAME>)"
@@ -243,6 +369,16 @@ def parquet_config(args: argparse.Namespace) -> ParquetConfig:
     return ParquetConfig(**settings)  # type: ignore[arg-type]
 
 
+def limits_config(args: argparse.Namespace) -> Limits:
+    """Limits from the environment, overridden by command-line options."""
+    settings = limit_options.from_env()
+    for _option, (name, _parse) in limit_options.OPTIONS.items():
+        value = getattr(args, f"limit_{name}", None)
+        if value is not None:
+            settings[name] = value
+    return Limits(**settings)  # type: ignore[arg-type]
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Serve with parsed options; returns the exit code.
 
@@ -254,6 +390,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         faults = fault_config(args)
         parquet = parquet_config(args)
+        limits = limits_config(args)
     except ValueError as exc:
         print(f"wandb-mirror serve: {exc}", file=sys.stderr)
         return USAGE_ERROR
@@ -266,6 +403,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             faults=faults,
             threads=args.threads,
             parquet=parquet,
+            limits=limits,
         )
     except ConfigError as exc:
         print(f"wandb-mirror serve: {exc}", file=sys.stderr)

@@ -3,10 +3,18 @@
 The scripts live in the top-level ``migrations/`` folder of the source tree and are installed as
 ``mirror._migrations`` inside the wheel, so an installed mirror can upgrade its own database
 without an ``alembic.ini`` or a checkout.
+
+Several processes may open a fresh or older database at once (three ``init`` in parallel, a
+``seed`` beside a ``serve``), so an upgrade is one at a time per database: a file lock beside an
+SQLite file (an advisory lock on PostgreSQL) is held from the first look at the revision to the
+commit, and the scripts run in a transaction that takes SQLite's write lock up front. The second
+process waits, then finds the work done.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -15,12 +23,18 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from filelock import FileLock, Timeout
 from sqlalchemy import Engine, inspect
 
 from mirror.errors import MirrorError
 from mirror.store.backup import snapshot
-from mirror.store.engine import sqlite_path
+from mirror.store.engine import sqlite_path, write_transaction
 from mirror.store.models import metadata
+
+#: how long an upgrade waits for another process's upgrade of the same database
+LOCK_TIMEOUT_S = 600.0
+#: the PostgreSQL advisory lock key of migrations (any constant; "wm" in ASCII)
+_PG_LOCK_KEY = 0x776D
 
 
 def scripts_dir() -> Path:
@@ -69,6 +83,37 @@ def _shown(engine: Engine) -> str:
     return str(path) if path is not None else engine.url.render_as_string(hide_password=True)
 
 
+@contextmanager
+def _one_at_a_time(engine: Engine) -> Iterator[None]:
+    """Hold this database's migration lock (see the module docstring)."""
+    path = sqlite_path(str(engine.url))
+    if path is not None:
+        lock = FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_S)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise MirrorError(
+                f"another process has been upgrading {path} for {LOCK_TIMEOUT_S:g} s; "
+                f"if none is running, remove {path}.lock"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+        return
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"SELECT pg_advisory_lock({_PG_LOCK_KEY})")
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_LOCK_KEY})")
+            conn.commit()
+
+
 def upgrade(engine: Engine, revision: str = "head") -> Path | None:
     """Bring the database to ``revision``; returns the snapshot taken first, if one was needed.
 
@@ -76,24 +121,25 @@ def upgrade(engine: Engine, revision: str = "head") -> Path | None:
     regretted migration can be undone by copying the snapshot back over the database file.
     """
     target = head_revision() if revision == "head" else revision
-    current = current_revision(engine)
-    if current == target:
-        return None
-    tables = inspect(engine).get_table_names()
-    if current is None and tables:
-        raise MirrorError(
-            f"{_shown(engine)} holds other tables ({', '.join(tables[:3])}) and is not a "
-            "wandb-mirror database; choose another --db"
-        )
-    taken = None
-    path = sqlite_path(str(engine.url))
-    if path is not None and tables:
-        taken = snapshot(engine, path.parent / "snapshots", label=f"pre-upgrade-{current}")
-    cfg = _config()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-    return taken
+    with _one_at_a_time(engine):
+        current = current_revision(engine)
+        if current == target:
+            return None
+        tables = inspect(engine).get_table_names()
+        if current is None and tables:
+            raise MirrorError(
+                f"{_shown(engine)} holds other tables ({', '.join(tables[:3])}) and is not a "
+                "wandb-mirror database; choose another --db"
+            )
+        taken = None
+        path = sqlite_path(str(engine.url))
+        if path is not None and tables:
+            taken = snapshot(engine, path.parent / "snapshots", label=f"pre-upgrade-{current}")
+        cfg = _config()
+        with write_transaction(engine) as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+        return taken
 
 
 def schema_differences(engine: Engine) -> list[object]:
