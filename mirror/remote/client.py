@@ -150,7 +150,7 @@ class Pacer:
         interval = self.min_interval_s
         low = limit and remaining is not None and remaining < self.slow_below * limit
         if low and reset is not None:
-            interval = max(interval, min(reset, MAX_HINT_S) / (remaining + 1))
+            interval = max(interval, min(reset, MAX_HINT_S) / max(remaining, 1.0))
         with self._lock:
             self.interval_s = interval
 
