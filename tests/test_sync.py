@@ -368,3 +368,24 @@ def test_an_export_that_disagrees_with_the_run_counts_is_not_trusted(tmp_path):
         assert result.returncode == 0, result.stderr
         assert f"note: {name}: exported history not used, it holds" in result.stderr
         assert differences(db, mirror, "acme", PROJECT) == []
+
+
+def test_a_wandb_without_exports_is_not_asked_for_each_finished_run(upstream, tmp_path):
+    """Old finished runs are where W&B's exports would be; a server that has none is asked a
+    few times per cycle, not once per run (each answer would cost a request for nothing)."""
+    from mirror.sync.pull import _ExportOdds
+
+    mirror = tmp_path / "mirror.db"
+    result = sync(upstream, mirror, tmp_path)
+    assert result.returncode == 0, result.stderr
+    engine = make_engine(upstream.db, create=False)
+    with engine.connect() as conn:
+        fetched = conn.execute(
+            select(runs.c.name).where(
+                (runs.c.history_line_count > 0) | (runs.c.system_metrics != "{}")
+            )
+        ).all()
+    engine.dispose()
+    minimum = 1 + 1 + len(fetched)  # listing, one record batch, one request a run
+    wasted = requests_of(summary_line(result)) - minimum
+    assert 0 <= wasted <= _ExportOdds.GIVE_UP_AFTER + 3  # + what was in flight (concurrency 4)

@@ -138,6 +138,29 @@ def _has_events(node: dict[str, Any]) -> bool:
     return found not in (None, "", "{}", {})
 
 
+class _ExportOdds:
+    """Whether asking for exports still pays this cycle: a W&B that has exported none of the
+    first few runs asked about (a server without exports) is not asked for each of the rest."""
+
+    GIVE_UP_AFTER = 3
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.found = 0
+        self.missing = 0
+
+    def saw(self, exported: bool) -> None:
+        with self._lock:
+            if exported:
+                self.found += 1
+            else:
+                self.missing += 1
+
+    def worth_asking(self) -> bool:
+        with self._lock:
+            return self.found > 0 or self.missing < self.GIVE_UP_AFTER
+
+
 class _Stopped(Exception):
     """The cycle is being abandoned (interrupted, or a fatal error elsewhere)."""
 
@@ -168,6 +191,7 @@ class ProjectPull:
         )
         self._stop = threading.Event()
         self._local_ids: dict[str, int] = {}
+        self._exports = _ExportOdds()
 
     # --- the cycle -------------------------------------------------------------------------
 
@@ -488,7 +512,7 @@ class ProjectPull:
         need = item.need
         next_step, remaining, last = need.next_step, need.remaining, need.last_step
         events_due = item.events
-        if item.parquet:
+        if item.parquet and self._exports.worth_asking():
             export = self._checked_export(item, events_due)
             events_due = False  # they came with the export's answer
             if export is not None:
@@ -578,6 +602,7 @@ class ProjectPull:
         found, events = answer
         if events is not None:
             self._emit("rows", item, "events", events, False)
+        self._exports.saw(bool(found.urls))
         if not found.urls:
             return None
         what = f"{self.remote.path}/{item.name}"
