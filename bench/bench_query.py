@@ -74,6 +74,8 @@ SUITE = [
     ),
     Query("$or tags / state", {"$or": [{"tags": "prod"}, {"state": "crashed"}]}),
     Query("$regex displayName", {"displayName": {"$regex": "-comet-"}}),
+    # names numbered 1, 10-19, 100-199, ...: of 100,000 runs the newest 80,000 do not match
+    Query("$regex displayName, anchored class", {"displayName": {"$regex": "^[a-m].*-1"}}),
     Query(
         "$exists + $ne",
         {"config.sweep_trial": {"$exists": True}, "state": {"$ne": "finished"}},

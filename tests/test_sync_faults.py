@@ -323,7 +323,7 @@ def test_answers_slower_than_the_timeout_spend_the_budget_skip_runs_and_write_no
         host = f"127.0.0.1:{proxy.port}"
         for reason in skipped.values():
             assert re.fullmatch(
-                rf"MirrorHistoryPage(WithEvents)?: {host} did not answer in time "
+                rf"Mirror(HistoryPage|ParquetHistory)(WithEvents)?: {host} did not answer in time "
                 r"\(gave up after \d+ attempts; the retry budget of this sync is spent\)",
                 reason,
             ), reason

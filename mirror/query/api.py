@@ -16,9 +16,9 @@ from functools import cached_property
 from typing import Any
 
 from sqlalchemy import Connection, Engine, RowMapping, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError, StatementError
 
-from mirror.errors import CommError, MirrorError
+from mirror.errors import CommError, FilterError, MirrorError
 from mirror.query.filters import Node, Order, parse_filter, parse_order
 from mirror.query.paths import project_path, run_path
 from mirror.query.sampling import sample_indices
@@ -33,6 +33,29 @@ from mirror.store.models import runs as runs_table
 from mirror.store.outbox import DELETE, Edit, record_edit
 
 _EVERY_RUN = sys.maxsize  # a position past any listing: read it whole
+
+#: what SQLite says when one statement outgrows its limits: the filter is too large
+_TOO_LARGE = (
+    "too many SQL variables",
+    "Expression tree is too large",
+    "too many terms in compound SELECT",
+    "parser stack overflow",
+    "string or blob too big",
+)
+
+
+def _database_error(exc: SQLAlchemyError, doing: str) -> MirrorError:
+    """One line for a failed statement: the driver's words, never the SQL or its parameters,
+    which would carry the filter's values and tell the user nothing."""
+    if isinstance(exc, StatementError) and exc.orig is not None:
+        reason = str(exc.orig)
+    else:
+        reason = str(exc.args[0]) if exc.args else type(exc).__name__
+    if any(limit in reason for limit in _TOO_LARGE):
+        return FilterError(
+            f"filters: too large for the database to evaluate ({reason}); split the query"
+        )
+    return CommError(f"cannot {doing} the mirror database: {reason}", exc)
 
 
 class NotFound(MirrorError, ValueError):
@@ -71,7 +94,9 @@ class Api:
                 migrate.require_current(self._engine)
             except MirrorError as exc:
                 raise CommError(str(exc), exc) from exc
-            except (SQLAlchemyError, OSError) as exc:
+            except SQLAlchemyError as exc:
+                raise _database_error(exc, "open") from None
+            except OSError as exc:
                 raise CommError(f"cannot open the mirror database: {exc}", exc) from exc
             self._checked = True
         return self._engine  # type: ignore[return-value]
@@ -87,7 +112,7 @@ class Api:
         try:
             return self.engine.connect()
         except SQLAlchemyError as exc:
-            raise CommError(f"cannot read the mirror database: {exc}", exc) from exc
+            raise _database_error(exc, "read") from None
 
     def _read(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(conn, *args)`` in a read transaction, failures as ``CommError``."""
@@ -95,7 +120,7 @@ class Api:
             with self._connect() as conn, conn.begin():
                 return fn(conn, *args)
         except SQLAlchemyError as exc:
-            raise CommError(f"cannot read the mirror database: {exc}", exc) from exc
+            raise _database_error(exc, "read") from None
 
     def _project_id(self, conn: Connection, entity: str, project: str) -> int:
         found = store_read.find_project(conn, entity, project)

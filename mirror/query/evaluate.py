@@ -5,17 +5,19 @@ descends into documents, indexes arrays by position and fans out over arrays of 
 test on a path holding an array is tried on the array and on each element. Its own results are
 checked against mongomock, so an error shared with the SQL compiler would still be caught.
 
-Two limits of the field index are mirrored on purpose, so that both sides mean the same thing:
-arrays longer than ``MAX_INDEXED_ARRAY`` and media objects (with ``_type``) are whole values only.
+Limits of the field index are mirrored on purpose, so that both sides mean the same thing:
+arrays longer than ``MAX_INDEXED_ARRAY`` and media objects (with ``_type``) are whole values only,
+and below an array of documents an array nested in an array counts for ``$size`` (the index
+cannot tell it from the array itself). ``$regex`` is RE2's (``mirror.query.regex``), as in W&B.
 """
 
 from __future__ import annotations
 
 import operator
-import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from mirror.query import regex
 from mirror.query.filters import And, Compare, Exists, In, Node, Not, Or, Order, Regex, Size
 from mirror.store.fields import MAX_INDEXED_ARRAY, Kind, typed
 
@@ -45,10 +47,13 @@ def matches(node: Node, doc: dict[str, Any]) -> bool:
     if isinstance(node, Exists):
         return bool(rows)
     if isinstance(node, Regex):
-        pattern = re.compile(node.pattern)
-        return any(isinstance(v, str) and pattern.search(v) is not None for _, v in rows)
+        return any(isinstance(v, str) and regex.search(node.pattern, v) for _, v in rows)
     assert isinstance(node, Size)
-    return any(elem == 0 and isinstance(v, list) and len(v) == node.size for elem, v in rows)
+    if any(elem == 0 and isinstance(v, list) and len(v) == node.size for elem, v in rows):
+        return True
+    # an array reached through an array of documents, as the SQL sees it (see sql._size)
+    reached = node.path.count(".") >= 2 and not any(elem == 0 for elem, _ in rows)
+    return reached and any(isinstance(v, list) and len(v) == node.size for _, v in rows)
 
 
 def sort_docs(docs: Iterable[dict[str, Any]], order: Order) -> list[dict[str, Any]]:
@@ -122,8 +127,12 @@ def sort_key(doc: dict[str, Any], order: Order) -> tuple[Any, ...]:
         return (0, False, 0.0, False, "")
     if direct and not (isinstance(direct[0], list) and len(direct[0]) <= MAX_INDEXED_ARRAY):
         candidates = [direct[0]]
-    elif direct or order.path.count(".") >= 2:
+    elif direct:
         candidates = elements
+    elif order.path.count(".") >= 2:  # reached through arrays of documents: arrays unwound
+        candidates = [
+            v for v in elements if not (isinstance(v, list) and 0 < len(v) <= MAX_INDEXED_ARRAY)
+        ]
     else:
         candidates = []
     if not candidates:

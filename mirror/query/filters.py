@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mirror.errors import FilterError
+from mirror.query import regex
 from mirror.store.fields import RUN_ATTRIBUTES
 
 #: friendlier spellings of run attributes → W&B's filter name
@@ -61,7 +62,9 @@ FIELD_OPERATORS = (
     "$size",
     "$not",
 )
-REGEX_OPTIONS = {"i": "i", "m": "m", "s": "s", "x": "x", "u": ""}
+#: how deep filter documents (``$and``/``$or``/``$nor``/``$not``) and filter values may nest;
+#: real filters are a few levels deep, and a bound keeps every layer's recursion finite
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ class Exists:
 
 @dataclass(frozen=True)
 class Regex:
-    """Some string at ``path`` matches ``pattern`` (Python syntax, flags inline)."""
+    """RE2 finds ``pattern`` (RE2 syntax, flags inline) in some string at ``path``."""
 
     path: str
     pattern: str
@@ -147,7 +150,7 @@ def parse_filter(filters: dict[str, Any] | None) -> Node:
     """A MongoDB filter (``None`` or ``{}``: every run) → its tree; FilterError when unusable."""
     if filters is None:
         return ALL
-    return _document(filters, "filters")
+    return _document(filters, "filters", 0)
 
 
 def parse_order(order: str | None, default: str = "-created_at") -> Order:
@@ -189,18 +192,27 @@ def _valid_keys() -> str:
     return f"{', '.join(names)} (also {', '.join(aliases)})"
 
 
-def _document(filters: Any, where: str) -> Node:
+def _document(filters: Any, where: str, depth: int) -> Node:
     """A filter document: implicit AND of its keys."""
     if not isinstance(filters, dict):
         raise FilterError(f"{where}: needs a filter object, got {type(filters).__name__}")
-    return _conjoin([_entry(key, value, where) for key, value in filters.items()])
+    _check_depth(depth, where)
+    return _conjoin([_entry(key, value, where, depth) for key, value in filters.items()])
 
 
-def _entry(key: Any, value: Any, where: str) -> Node:
+def _check_depth(depth: int, where: str) -> None:
+    if depth > MAX_DEPTH:
+        raise FilterError(
+            f"{where}: the filter nests more than {MAX_DEPTH} levels deep; "
+            "flatten it (an $and of $and is one $and, an $or of $or one $or)"
+        )
+
+
+def _entry(key: Any, value: Any, where: str, depth: int) -> Node:
     if not isinstance(key, str):
         raise FilterError(f"{where}: keys must be text, got {key!r}")
     if key in LOGICAL:
-        return _logical(key, value, f"{where}.{key}")
+        return _logical(key, value, f"{where}.{key}", depth)
     if key == "$not":
         raise FilterError(
             f"{where}.$not: $not applies to a field, as {{'field': {{'$not': {{...}}}}}}; "
@@ -208,13 +220,13 @@ def _entry(key: Any, value: Any, where: str) -> Node:
         )
     if key.startswith("$"):
         raise FilterError(f"{where}.{key}: unknown operator {key}; use one of {', '.join(LOGICAL)}")
-    return _field(key, value, f"{where}.{key}")
+    return _field(key, value, f"{where}.{key}", depth)
 
 
-def _logical(op: str, value: Any, where: str) -> Node:
+def _logical(op: str, value: Any, where: str, depth: int) -> Node:
     if not isinstance(value, list) or not value:
         raise FilterError(f"{where}: needs a list of filters")
-    children = tuple(_document(item, f"{where}[{i}]") for i, item in enumerate(value))
+    children = tuple(_document(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
     if op == "$and":
         return _conjoin(list(children))
     either = children[0] if len(children) == 1 else Or(children)
@@ -229,13 +241,12 @@ def _is_operators(value: Any) -> bool:
     return isinstance(value, dict) and any(isinstance(k, str) and k.startswith("$") for k in value)
 
 
-def _field(key: str, value: Any, where: str) -> Node:
+def _field(key: str, value: Any, where: str, depth: int) -> Node:
     """``{key: value}``: operators when ``value``'s keys start with ``$``, else equality."""
     if _is_operators(value):
         operators = _operators(value, where)
-        return _conjoin(
-            [_operator(op, arg, value, resolve_key(key, where), where) for op, arg in operators]
-        )
+        path = resolve_key(key, where)
+        return _conjoin([_operator(op, arg, value, path, where, depth) for op, arg in operators])
     return _equality(resolve_key(key, where), value, where)
 
 
@@ -255,7 +266,7 @@ def _operators(spec: dict[Any, Any], where: str) -> list[tuple[str, Any]]:
     return [(op, arg) for op, arg in spec.items() if op != "$options"]
 
 
-def _operator(op: str, arg: Any, spec: dict[str, Any], path: str, where: str) -> Node:
+def _operator(op: str, arg: Any, spec: dict[str, Any], path: str, where: str, depth: int) -> Node:
     if op in COMPARISONS:
         return _comparison(COMPARISONS[op], path, arg, f"{where}: {op}")
     if op == "$ne":
@@ -271,7 +282,7 @@ def _operator(op: str, arg: Any, spec: dict[str, Any], path: str, where: str) ->
         return Regex(path, _pattern(arg, spec.get("$options", ""), f"{where}: $regex"))
     if op == "$size":
         return _size(path, arg, f"{where}: $size")
-    return _not(path, arg, f"{where}.$not")
+    return _not(path, arg, f"{where}.$not", depth + 1)
 
 
 def _equality(path: str, value: Any, where: str) -> Node:
@@ -306,10 +317,12 @@ def _date(value: Any, what: str) -> Any:
 
 
 def _comparison(op: str, path: str, value: Any, what: str) -> Node:
-    """One comparison; null and NaN bounds are reduced to what they can match."""
+    """One comparison; null, NaN and out-of-range bounds are reduced to what they can match."""
     if path in DATE_PATHS:
         value = _date(value, what)
     value = _plain(value, what)
+    if _beyond_floats(value):
+        return _beyond_floats_bound(op, path, value)
     if op != "eq" and isinstance(value, (list, dict)):
         raise FilterError(
             f"{what} needs a single value (number, text, bool or null), got a list or object"
@@ -317,6 +330,31 @@ def _comparison(op: str, path: str, value: Any, what: str) -> Node:
     if op != "eq" and (value is None or _is_nan(value)):
         return NOTHING if op in ("gt", "lt") else Compare(path, "eq", value)
     return Compare(path, op, value)
+
+
+def _beyond_floats(value: Any) -> bool:
+    """An integer no float can hold (such as ``10**400``): the index keeps numbers as floats."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return True
+    return False
+
+
+def _beyond_floats_bound(op: str, path: str, value: int) -> Node:
+    """The exact meaning of a comparison with an integer beyond every float.
+
+    Every number a run holds is a float (JSON numbers are read as such), so none equals such a
+    bound; above a positive one lies only +Infinity, below a negative one only -Infinity.
+    """
+    infinity = math.inf if value > 0 else -math.inf
+    if op == "eq":
+        return NOTHING
+    if (op in ("gt", "gte")) == (value > 0):
+        return Compare(path, "eq", infinity)
+    return Compare(path, "lt" if value > 0 else "gt", infinity)
 
 
 def _membership(path: str, values: Any, what: str) -> Node:
@@ -327,7 +365,11 @@ def _membership(path: str, values: Any, what: str) -> Node:
     if path in DATE_PATHS:
         values = [_date(v, what) for v in values]
     regexes = [Regex(path, _pattern(v, "", what)) for v in values if isinstance(v, re.Pattern)]
-    plain = tuple(_plain(v, what) for v in values if not isinstance(v, re.Pattern))
+    plain = tuple(
+        v
+        for v in (_plain(v, what) for v in values if not isinstance(v, re.Pattern))
+        if not _beyond_floats(v)  # equal to no number a run holds
+    )
     nodes: list[Node] = [In(path, plain)] if plain else []
     nodes.extend(regexes)
     return nodes[0] if len(nodes) == 1 else Or(tuple(nodes))
@@ -359,14 +401,17 @@ def _exists(path: str, value: Any, what: str) -> Node:
 
 
 def _size(path: str, value: Any, what: str) -> Node:
-    whole = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not whole or not math.isfinite(value) or value != int(value) or value < 0:
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or value < 0:
         raise FilterError(f"{what} needs a whole number >= 0, got {value!r}")
+    if value > 2**53:  # longer than any array (and than SQLite's integers)
+        return NOTHING
     return Size(path, int(value))
 
 
-def _not(path: str, spec: Any, where: str) -> Node:
+def _not(path: str, spec: Any, where: str, depth: int) -> Node:
     """``$not``: the negation of an operator object or of a regex match."""
+    _check_depth(depth, where)
     if isinstance(spec, re.Pattern):
         return Not(Regex(path, _pattern(spec, "", f"{where}: regex")))
     if not isinstance(spec, dict) or not spec:
@@ -374,36 +419,31 @@ def _not(path: str, spec: Any, where: str) -> Node:
     if not _is_operators(spec):
         raise FilterError(f"{where}: needs operators such as {{'$gt': 1}}, not a document")
     operators = _operators(spec, where)
-    return Not(_conjoin([_operator(op, arg, spec, path, where) for op, arg in operators]))
+    return Not(_conjoin([_operator(op, arg, spec, path, where, depth) for op, arg in operators]))
+
+
+_PYTHON_FLAGS = (("i", re.I), ("m", re.M), ("s", re.S), ("x", re.X))
 
 
 def _pattern(pattern: Any, options: Any, what: str) -> str:
-    """A regex in Python syntax with its flags inline, so every backend reads the same text."""
+    """A regex in RE2 syntax (what W&B runs) with its flags inline, so every backend reads the
+    same text; a Python ``re.Pattern`` counts as its pattern text and flags, and runs on RE2 too."""
     flags = ""
     if isinstance(pattern, re.Pattern):
-        flags = "".join(
-            f
-            for f, bit in (("i", re.I), ("m", re.M), ("s", re.S), ("x", re.X))
-            if pattern.flags & bit
-        )
+        flags = "".join(f for f, bit in _PYTHON_FLAGS if pattern.flags & bit)
         pattern = pattern.pattern
     if not isinstance(pattern, str):
         raise FilterError(f"{what} needs a text pattern, got {type(pattern).__name__}")
     if not isinstance(options, str):
         raise FilterError(f"{what}: $options needs text such as 'i'")
     for option in options:
-        if option not in REGEX_OPTIONS:
+        if option not in regex.OPTIONS:
             raise FilterError(f"{what}: unknown option {option!r} (use i, m, s, x)")
-        flags += REGEX_OPTIONS[option]
-    text = f"(?{''.join(sorted(set(flags)))}){pattern}" if flags else pattern
-    try:
-        re.compile(text)
-    except re.error as exc:
-        raise FilterError(f"{what}: invalid pattern {pattern!r}: {exc}") from None
-    return text
+        flags += regex.OPTIONS[option]
+    return regex.pattern_text(pattern, flags.replace("x", ""), "x" in flags, what)
 
 
-def _plain(value: Any, what: str) -> Any:
+def _plain(value: Any, what: str, depth: int = 0) -> Any:
     """A private copy of a JSON-like value; datetimes become W&B's naive-UTC ISO text."""
     if isinstance(value, datetime):
         if value.tzinfo is not None:
@@ -412,13 +452,15 @@ def _plain(value: Any, what: str) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if type(value).__module__ == "numpy" and hasattr(value, "item"):  # values from a DataFrame
-        return _plain(value.item(), what)
+        return _plain(value.item(), what, depth)
+    if isinstance(value, (list, tuple, dict)) and depth >= MAX_DEPTH:
+        raise FilterError(f"{what}: the value nests more than {MAX_DEPTH} lists or objects deep")
     if isinstance(value, (list, tuple)):
-        return [_plain(v, what) for v in value]
+        return [_plain(v, what, depth + 1) for v in value]
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
             raise FilterError(f"{what}: document keys must be text")
-        return {k: _plain(v, what) for k, v in value.items()}
+        return {k: _plain(v, what, depth + 1) for k, v in value.items()}
     raise FilterError(f"{what}: cannot compare with a {type(value).__name__}")
 
 
