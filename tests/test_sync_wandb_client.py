@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mirror_compare import snapshot
 from server_process import ServerProcess
-from sync_env import PATH, Upstream, run_cli, seed_upstream, summary_line, sync_env
+from sync_env import PATH, PROJECT, Upstream, run_cli, seed_upstream, summary_line, sync_env
 
 wandb = pytest.importorskip("wandb")
 
@@ -75,3 +76,34 @@ def test_the_wandb_client_reads_the_mirror_as_it_reads_the_upstream(tmp_path, wa
     # the data held NaN and Infinity, and they survived both hops
     assert any("NaN" in run["history"] for run in mirror_view)
     assert any("Infinity" in run["summary"] + run["history"] for run in mirror_view)
+
+
+def test_the_wandb_clients_edits_through_a_mirror_serve_reach_wandb_with_the_next_sync(
+    tmp_path, wandb_home
+):
+    """``serve`` over a synced mirror takes the mirror role: the official client's
+    ``run.summary.update`` and ``run.update()`` land in the outbox, show at once, and the next
+    ``sync`` pushes them to the upstream."""
+    db = seed_upstream(tmp_path / "upstream.db", 4, 20)
+    mirror = tmp_path / "mirror.db"
+    with Upstream(db, tmp_path / "up.log") as up:
+        env = sync_env(up.url, tmp_path)
+        assert run_cli(["--db", str(mirror), "sync", PATH], env).returncode == 0
+        name = up.run_with_state("finished")
+        with ServerProcess(mirror, tmp_path / "mirror.log") as served:
+            assert "(mirror role)" in served.log()
+            api = wandb.Api(api_key=KEY, overrides={"base_url": served.url}, timeout=60)
+            run = api.run(f"{PATH}/{name}")
+            run.summary.update({"best": 0.5, "nan": float("nan")})
+            run = wandb.Api(api_key=KEY, overrides={"base_url": served.url}).run(f"{PATH}/{name}")
+            assert run.summary["best"] == 0.5  # read your own writes, through serve
+            run.config["note"] = "from wandb"
+            run.tags = [*run.tags, "via-serve"]
+            run.update()
+        listed = run_cli(["--db", str(mirror), "outbox", "list"], env)
+        assert "pending  acme/vision/" + name in listed.stdout, listed.stdout
+        assert "acme/vision: 0 runs new" in run_cli(["--db", str(mirror), "sync", PATH], env).stdout
+        remote = snapshot(db, "acme", PROJECT)[name]
+    assert remote["summary_metrics"]["best"] == 0.5
+    assert remote["config"]["note"]["value"] == "from wandb"
+    assert "via-serve" in remote["tags"]

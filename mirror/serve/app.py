@@ -184,8 +184,10 @@ class MirrorApp:
         max_body_bytes: int | None = None,
         exports: ParquetExports | None = None,
         limits: Limits | None = None,
+        role: str = "upstream",
     ) -> None:
         self.engine = engine
+        self.role = role
         self.keys = keys
         self.limits = limits or Limits()
         self.max_body_bytes = max_body_bytes or self.limits.max_body_bytes
@@ -320,6 +322,7 @@ class MirrorApp:
             exports=self.exports,
             base_url=base_url,
             budget=budget,
+            role=self.role,
         )
         try:
             with self.budgets.track(budget), current(budget):

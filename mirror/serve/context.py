@@ -39,6 +39,7 @@ class RequestContext:
     page_repeat: int = 0
     exports: ParquetExports | None = None  # None: no parquet exports (parquetUrls stay [])
     base_url: str = ""  # scheme://host[:port] as the client addressed the server
+    role: str = "upstream"  # "mirror": writes become outbox edits (mirror.serve.mutations)
     budget: Budget = field(default_factory=lambda: Budget(Limits()))
     cache: dict[Any, Any] = field(default_factory=dict)
     _stack: ExitStack = field(default_factory=ExitStack)

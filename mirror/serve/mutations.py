@@ -1,8 +1,12 @@
 """Write resolvers with W&B's semantics for ``upsertBucket``, ``deleteRun``, ``updateRunState``.
 
-``upsertBucket`` deep-merges config (a key missing from the input survives, W&B issue 11055),
-replaces summary and tags, sets the plain fields it is given, and creates a run from ``name`` +
-``modelName`` + ``entityName``. ``deleteRun`` tombstones the run, so it leaves every listing and
+In the mirror role (a database synced from W&B) the writes of a client are the user's edits:
+``upsertBucket`` queues them in the outbox with the same rules as ``mirror.Api`` (the next read
+shows them; ``sync`` pushes them without clobbering W&B), and deleting runs or changing their
+state is refused. In the upstream role, the stand-in for W&B, ``upsertBucket`` deep-merges
+config (a key missing from the input survives, W&B issue 11055), replaces summary and tags, sets
+the plain fields it is given, and creates a run from ``name`` + ``modelName`` + ``entityName``.
+``deleteRun`` tombstones the run, so it leaves every listing and
 ``run`` answers null; re-creating a deleted run starts afresh (no old history, fields or config),
 as on W&B, where a deleted run is gone. ``updateRunState`` allows exactly the transitions W&B documents.
 Each mutation is one write transaction through ``mirror.store.upsert``.
@@ -20,8 +24,9 @@ from sqlalchemy import Connection, RowMapping, delete, select, update
 from mirror.serve.context import RequestContext, guarded
 from mirror.serve.errors import RequestError
 from mirror.serve.resolvers import default_entity
-from mirror.store.fields import dumps, loads
+from mirror.store.fields import dumps, loads, unwrap_config
 from mirror.store.models import NODE_COLUMNS, NODE_JSON_COLUMNS, history_chunks, projects, runs
+from mirror.store.outbox import DELETE, Edit, record_edit
 from mirror.store.read import find_project, find_run, find_run_by_storage_id
 from mirror.store.upsert import upsert_runs, utcnow
 
@@ -123,10 +128,59 @@ def _node(data: dict[str, Any], name: str, existing: RowMapping | None) -> dict[
     return node
 
 
+def _edit_of(run: RowMapping, data: dict[str, Any]) -> Edit:
+    """What an ``upsertBucket`` from a client changes of a mirrored run, as an outbox edit.
+
+    The SDK sends the whole summary (a key it leaves out was deleted), the whole config (W&B
+    merges config, so a key left out stays), the whole tag list and the notes.
+    """
+    edit = Edit()
+    if data.get("summaryMetrics") is not None:
+        new = _json_object(data["summaryMetrics"], "summaryMetrics")
+        old = loads(run["summary_metrics"], {}) or {}
+        edit.summary = {k: v for k, v in new.items() if k not in old or dumps(old[k]) != dumps(v)}
+        edit.summary.update(dict.fromkeys(old.keys() - new.keys(), DELETE))
+    if data.get("config") is not None:
+        new = unwrap_config(_json_object(data["config"], "config"))
+        old = unwrap_config(loads(run["config"], {}) or {})
+        edit.config = {k: v for k, v in new.items() if k not in old or dumps(old[k]) != dumps(v)}
+    if data.get("tags") is not None:
+        old_tags = loads(run["tags"], [])
+        edit.add_tags = [t for t in data["tags"] if t not in old_tags]
+        edit.remove_tags = [t for t in old_tags if t not in data["tags"]]
+    if data.get("notes") is not None and data["notes"] != run["notes"]:
+        edit.notes, edit.set_notes = data["notes"], True
+    for key, target in _PLAIN_INPUTS.items():
+        if key != "notes" and data.get(key) is not None and data[key] != run[NODE_COLUMNS[target]]:
+            raise RequestError(
+                f"the mirror queues summary, config, tags and notes edits for W&B; change "
+                f"{key} on W&B itself"
+            )
+    return edit
+
+
+def _queue_edit(ctx: RequestContext, data: dict[str, Any]) -> dict:
+    """Mirror role: the write becomes an outbox edit, shown at once, pushed by ``sync``."""
+    with ctx.write() as conn:
+        entity, project, name, existing = _locate(conn, data)
+        if existing is None or existing["deleted_at"] is not None:
+            raise RequestError(
+                f"run {entity}/{project}/{name} is not in the mirror: create runs on W&B"
+            )
+        edit = _edit_of(existing, data)
+        if edit.patches():
+            record_edit(conn, existing, edit)
+        bucket = conn.execute(select(runs).where(runs.c.id == existing["id"])).mappings().one()
+    return {"bucket": bucket, "inserted": False}
+
+
 def resolve_upsert_bucket(_root: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict:
-    """Update a run by storage id, or create one by name, project and entity."""
+    """Update a run by storage id, or create one by name, project and entity (upstream role);
+    queue the change for W&B (mirror role)."""
     ctx: RequestContext = info.context
     ctx.end_read()
+    if ctx.role == "mirror":
+        return _queue_edit(ctx, input)
     with ctx.write() as conn:
         entity, project, name, existing = _locate(conn, input)
         inserted = existing is None or existing["deleted_at"] is not None
@@ -147,9 +201,15 @@ def _live_run(conn: Connection, storage_id: str) -> RowMapping:
     return found
 
 
+def _upstream_only(ctx: RequestContext, what: str) -> None:
+    if ctx.role == "mirror":
+        raise RequestError(f"the mirror does not {what}: do it on W&B, the next sync follows")
+
+
 def resolve_delete_run(_root: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict:
     """Tombstone the run: gone from listings and lookups, its rows kept."""
     ctx: RequestContext = info.context
+    _upstream_only(ctx, "delete runs")
     ctx.end_read()
     with ctx.write() as conn:
         run = _live_run(conn, input["id"])
@@ -161,6 +221,7 @@ def resolve_delete_run(_root: Any, info: GraphQLResolveInfo, input: dict[str, An
 def resolve_update_run_state(_root: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict:
     """Move a run to ``pending`` or ``failed`` where W&B allows it; refuse anything else."""
     ctx: RequestContext = info.context
+    _upstream_only(ctx, "change run states")
     target = input["state"]
     ctx.end_read()
     with ctx.write() as conn:

@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sqlalchemy import func, select
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
 from waitress.task import WSGITask
@@ -41,6 +42,7 @@ from mirror.serve.limits import Limits
 from mirror.serve.parquet_export import ParquetConfig, ParquetExports
 from mirror.store import migrate
 from mirror.store.engine import make_engine, sqlite_path
+from mirror.store.models import sync_state
 
 log = logging.getLogger("mirror.serve")
 
@@ -181,6 +183,7 @@ def serve(
     threads: int = 8,
     parquet: ParquetConfig | None = None,
     limits: Limits | None = None,
+    role: str | None = None,
 ) -> None:
     """Serve the mirror at ``http://host:port/graphql`` until interrupted (SIGINT or SIGTERM).
 
@@ -203,12 +206,16 @@ def serve(
         raise
     faults = faults or FaultConfig()
     limits = limits or Limits()
-    app = MirrorApp(engine, keys, faults, exports=exports, limits=limits)
+    role = role or default_role(engine)
+    if role not in ROLES:
+        engine.dispose()
+        raise ConfigError(f"the serve role must be mirror or upstream, not {role!r}")
+    app = MirrorApp(engine, keys, faults, exports=exports, limits=limits, role=role)
     server = make_server(app, host, port, threads, limits)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _on_stop_signal(app))
     bound_port = server.effective_port
-    log.info("serving %s at http://%s:%s/graphql", engine.url, host, bound_port)
+    log.info("serving %s at http://%s:%s/graphql (%s role)", engine.url, host, bound_port, role)
     if faults.active:
         log.warning("fault injection on: %s", faults.describe())
     if exports is not None:
@@ -254,9 +261,28 @@ def make_exports(database_url: str, config: ParquetConfig | None) -> ParquetExpo
     return ParquetExports(directory, config)
 
 
+ROLES = ("mirror", "upstream")
+
+
+def default_role(engine: Any) -> str:
+    """A database that mirrors W&B (it has sync state) is served as a mirror: writes become
+    outbox edits; any other (a seeded or imported one) plays W&B itself."""
+    with engine.connect() as conn:
+        synced = conn.execute(select(func.count()).select_from(sync_state)).scalar_one()
+    return "mirror" if synced else "upstream"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The serve options, shared by ``python -m mirror.serve`` and ``wandb-mirror serve``."""
     parser.add_argument("--db", help="mirror database path or SQLAlchemy URL (WANDB_MIRROR_DB)")
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        default=os.environ.get("WANDB_MIRROR_SERVE_ROLE") or None,
+        help="mirror: writes are queued as edits for W&B; upstream: W&B's own semantics, for "
+        "tests and demos (default: mirror when the database has synced from W&B; also "
+        "WANDB_MIRROR_SERVE_ROLE)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to bind; 0 picks one (8080)")
     parser.add_argument("--threads", type=int, default=8, help="worker threads (8)")
@@ -404,6 +430,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             threads=args.threads,
             parquet=parquet,
             limits=limits,
+            role=args.role,
         )
     except ConfigError as exc:
         print(f"wandb-mirror serve: {exc}", file=sys.stderr)
