@@ -155,9 +155,10 @@ def crash_trials(world: World, tmp_path: Path, trials: int) -> None:
         state = run_sync_rows(mirror)
         assert {n: r["fingerprint"] for n, r in state.items()} == world.fingerprints, where
         assert all(r["failures"] == 0 for r in state.values()), where
-    # the kills hit the sync while it wrote history, not only before or after it
+    # the kills hit the sync while it wrote history, not only before or after it (the moments
+    # are spread over the whole sync, whose listing and records take their share of it)
     mid_history = [m for m, written in cut if 0 < written < total]
-    assert len(mid_history) >= trials // 2, (seed, cut)
+    assert len(mid_history) >= trials // 4, (seed, cut)
 
 
 def test_kill_9_at_random_moments_then_a_clean_sync_gives_an_exact_mirror(world, tmp_path):
