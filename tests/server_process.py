@@ -12,8 +12,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import requests
 
 from mirror.store import migrate
@@ -154,3 +157,26 @@ def run_serve(args: list[str], env: dict[str, str] | None = None, timeout: float
         env=clean_env(env or {}),
         timeout=timeout,
     )
+
+
+@contextmanager
+def wandb_client_env(home: Path, key: str) -> Iterator[dict[str, str]]:
+    """The official ``wandb`` client kept off the network and out of the user's files, with
+    ``key`` as its API key, for the length of the block."""
+    env = {
+        "HOME": str(home),
+        "WANDB_DIR": str(home),
+        "WANDB_CONFIG_DIR": str(home / "config"),
+        "WANDB_CACHE_DIR": str(home / "cache"),
+        "WANDB_DATA_DIR": str(home / "data"),
+        "WANDB_SILENT": "true",
+        "WANDB_ERROR_REPORTING": "false",
+        "WANDB_API_KEY": key,
+        "NETRC": str(home / "netrc"),
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        mp.delenv("WANDB_BASE_URL", raising=False)
+        mp.delenv("WANDB_ENTITY", raising=False)
+        yield env

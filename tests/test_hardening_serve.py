@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 import pytest
 import requests
-from server_process import DATA, ServerProcess
+from server_process import DATA, ServerProcess, wandb_client_env
 
 from mirror.store import migrate
 from mirror.store.engine import make_engine, read_transaction, write_transaction
@@ -338,23 +338,7 @@ def test_half_open_connections_cannot_lock_clients_out(big_db, tmp_path):
 @pytest.fixture(scope="module")
 def wandb_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Keep the client off the network and out of the user's files."""
-    home = tmp_path_factory.mktemp("wandb-home")
-    env = {
-        "HOME": str(home),
-        "WANDB_DIR": str(home),
-        "WANDB_CONFIG_DIR": str(home / "config"),
-        "WANDB_CACHE_DIR": str(home / "cache"),
-        "WANDB_DATA_DIR": str(home / "data"),
-        "WANDB_SILENT": "true",
-        "WANDB_ERROR_REPORTING": "false",
-        "WANDB_API_KEY": KEY,
-        "NETRC": str(home / "netrc"),
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in env.items():
-            mp.setenv(name, value)
-        mp.delenv("WANDB_BASE_URL", raising=False)
-        mp.delenv("WANDB_ENTITY", raising=False)
+    with wandb_client_env(tmp_path_factory.mktemp("wandb-home"), KEY):
         yield
 
 

@@ -22,6 +22,7 @@ from server_process import (
     SDK_RUN,
     ServerProcess,
     seed_database,
+    wandb_client_env,
 )
 from sqlalchemy import func, select
 
@@ -41,23 +42,7 @@ PATH = f"{ENTITY}/{PROJECT}"
 @pytest.fixture(scope="module")
 def wandb_env(tmp_path_factory: pytest.TempPathFactory):
     """Keep the client off the network and out of the user's files."""
-    home = tmp_path_factory.mktemp("wandb-home")
-    env = {
-        "HOME": str(home),
-        "WANDB_DIR": str(home),
-        "WANDB_CONFIG_DIR": str(home / "config"),
-        "WANDB_CACHE_DIR": str(home / "cache"),
-        "WANDB_DATA_DIR": str(home / "data"),
-        "WANDB_SILENT": "true",
-        "WANDB_ERROR_REPORTING": "false",
-        "WANDB_API_KEY": KEY,
-        "NETRC": str(home / "netrc"),
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in env.items():
-            mp.setenv(name, value)
-        mp.delenv("WANDB_BASE_URL", raising=False)
-        mp.delenv("WANDB_ENTITY", raising=False)
+    with wandb_client_env(tmp_path_factory.mktemp("wandb-home"), KEY) as env:
         yield env
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from mirror_compare import snapshot
-from server_process import ServerProcess
+from server_process import ServerProcess, wandb_client_env
 from sync_env import PATH, PROJECT, Upstream, run_cli, seed_upstream, summary_line, sync_env
 
 wandb = pytest.importorskip("wandb")
@@ -18,23 +18,9 @@ KEY = "mirrortest" + "0" * 30
 
 
 @pytest.fixture
-def wandb_home(tmp_path: Path, monkeypatch):
-    home = tmp_path / "wandb-home"
-    for name, value in {
-        "HOME": str(home),
-        "WANDB_DIR": str(home),
-        "WANDB_CONFIG_DIR": str(home / "config"),
-        "WANDB_CACHE_DIR": str(home / "cache"),
-        "WANDB_DATA_DIR": str(home / "data"),
-        "WANDB_SILENT": "true",
-        "WANDB_ERROR_REPORTING": "false",
-        "WANDB_API_KEY": KEY,
-        "NETRC": str(home / "netrc"),
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
-    monkeypatch.delenv("WANDB_ENTITY", raising=False)
-    return home
+def wandb_home(tmp_path: Path):
+    with wandb_client_env(tmp_path / "wandb-home", KEY) as env:
+        yield env
 
 
 def text(value: Any) -> str:
