@@ -189,3 +189,16 @@ def test_deleting_a_config_key_is_refused_and_a_summary_key_deleted(world):
     assert dropped not in mirror_run(mirror, name)["summary_metrics"]
     assert cli(mirror, env, "push", PATH).returncode == 0
     assert dropped not in upstream_run(up, name)["summary_metrics"]
+
+
+def test_an_edit_of_a_run_deleted_and_created_again_is_never_pushed_to_the_new_run(world):
+    up, mirror, env = world
+    name = up.run_with_state("finished")
+    assert cli(mirror, env, "edit", f"{PATH}/{name}", "--summary", "x=1").returncode == 0
+    up.delete(name)
+    up.add_run(name, 3)  # the same run id, a different run
+    pushed = cli(mirror, env, "sync", PATH)
+    assert pushed.returncode == 1
+    assert "the run was deleted on W&B and created again" in pushed.stderr
+    assert "x" not in upstream_run(up, name)["summary_metrics"]
+    assert "conflict" in cli(mirror, env, "outbox", "list").stdout
