@@ -68,11 +68,6 @@ def mark_synced(conn: Connection, run_id: int, fingerprint: str | None) -> None:
     )
 
 
-def forget_fingerprint(conn: Connection, run_id: int) -> None:
-    """The run must be fetched again next cycle (its record changed under a pending fetch)."""
-    _set_run_sync(conn, run_id, fingerprint=None)
-
-
 def mark_failed(conn: Connection, run_id: int, reason: str) -> None:
     """The run was skipped this cycle; it stays unfinished, so the next cycle retries it."""
     failures = conn.execute(select(run_sync.c.failures).where(run_sync.c.run_id == run_id)).scalar()
