@@ -786,7 +786,12 @@ def main() -> int:
     parser.add_argument("--modes", default="paged,parquet", help="paged, parquet or both")
     parser.add_argument("--skip-baseline", action="store_true", help="time the mirror only")
     parser.add_argument("--per-page", type=int, default=1000, help="the baseline's api.runs page")
-    parser.add_argument("--concurrency", type=int, default=4, help="the mirror's [sync] setting")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=SyncSettings().concurrency,
+        help="the mirror's [sync] setting",
+    )
     parser.add_argument("--listing-page", type=int, default=1000)
     parser.add_argument("--record-batch", type=int, default=100)
     parser.add_argument("--history-page", type=int, default=1000)

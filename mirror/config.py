@@ -55,7 +55,7 @@ class SyncSettings:
     """How a pull cycle reads W&B: what, how much at a time, how many runs at once."""
 
     history: HistoryChoice = True
-    concurrency: int = 4
+    concurrency: int = 8
     listing_page: int = 1000
     record_batch: int = 100
     history_page: int = 1000
