@@ -41,15 +41,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import requests
 from common import (
+    Server,
     discard_fixture,
     fixture_ready,
     machine,
     mark_fixture,
+    mirror_env,
     out_path,
     table,
     verdict,
+    wandb_env,
+    wandb_version,
 )
 
 ENTITY, PROJECT = "bench", "push"
@@ -80,97 +83,6 @@ def baseline_worker(url: str, values_file: str, per_page: int) -> int:
     done = time.perf_counter()
     print(json.dumps({"edits": edits, "seconds": done - imported, "import": imported - began}))
     return 0
-
-
-def wandb_env(home: Path) -> dict[str, str]:
-    """The client kept off the network and out of $HOME (as tests/test_serve_wandb_client.py)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
-    env.update(
-        {
-            "HOME": str(home),
-            "WANDB_DIR": str(home),
-            "WANDB_CONFIG_DIR": str(home / "config"),
-            "WANDB_CACHE_DIR": str(home / "cache"),
-            "WANDB_DATA_DIR": str(home / "data"),
-            "WANDB_SILENT": "true",
-            "WANDB_ERROR_REPORTING": "false",
-            "WANDB_API_KEY": KEY,
-            "NETRC": str(home / "netrc"),
-        }
-    )
-    return env
-
-
-def mirror_env(url: str, home: Path) -> dict[str, str]:
-    """An environment for ``wandb-mirror`` that talks to ``url`` and nothing else."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
-    env.update(
-        {
-            "WANDB_BASE_URL": url,
-            "WANDB_API_KEY": KEY,
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / "config"),
-            "XDG_DATA_HOME": str(home / "data"),
-            "NETRC": str(home / "netrc"),
-        }
-    )
-    return env
-
-
-# --- the server --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """``python -m mirror.serve`` over one database, its access log in a file."""
-
-    def __init__(self, db: Path, log: Path, args: list[str]) -> None:
-        self.db, self.log_path, self.args = db, log, args
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Server:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_MIRROR_SERVE_")}
-        cmd = [sys.executable, "-m", "mirror.serve", "--db", str(self.db)]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*cmd, "--port", str(self.port), *self.args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=ROOT,
-            )
-        for _ in range(600):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.05)
-        self.__exit__()
-        raise RuntimeError(f"server did not start:\n{self.log()}")
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def access_counts(text: str) -> tuple[int, dict[str, tuple[int, float]], float]:
@@ -253,7 +165,7 @@ def synced(upstream: Path, work: Path, threads: int) -> Path:
             cmd,
             capture_output=True,
             text=True,
-            env=mirror_env(server.url, home),
+            env=mirror_env(server.url, home, KEY),
             cwd=ROOT,
             timeout=3600,
         )
@@ -368,7 +280,7 @@ def mirror_side(
             cmd,
             capture_output=True,
             text=True,
-            env=mirror_env(server.url, home),
+            env=mirror_env(server.url, home, KEY),
             cwd=ROOT,
             timeout=3600,
         )
@@ -413,7 +325,7 @@ def baseline_side(upstream: Path, values: dict[str, int], work: Path, args: Any)
         cmd += [str(values_file), str(args.per_page)]
         began = time.perf_counter()
         done = subprocess.run(
-            cmd, capture_output=True, text=True, env=wandb_env(home), cwd=ROOT, timeout=3600
+            cmd, capture_output=True, text=True, env=wandb_env(home, KEY), cwd=ROOT, timeout=3600
         )
         seconds = time.perf_counter() - began
         time.sleep(0.3)
@@ -431,15 +343,6 @@ def baseline_side(upstream: Path, values: dict[str, int], work: Path, args: Any)
         "edits": found["edits"],
         "db": db,
     }
-
-
-def wandb_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("wandb")
-    except Exception:  # noqa: BLE001
-        return "?"
 
 
 def main() -> int:

@@ -56,7 +56,18 @@ from typing import Any
 
 import psutil
 import requests
-from common import fixture_ready, machine, mark_fixture, out_path, table, verdict
+from common import (
+    Server,
+    fixture_ready,
+    machine,
+    mark_fixture,
+    mirror_env,
+    out_path,
+    table,
+    verdict,
+    wandb_env,
+    wandb_version,
+)
 
 from mirror.config import SyncSettings
 
@@ -107,44 +118,6 @@ def baseline_worker(url: str, out: str, per_page: int, page_size: int) -> int:
     con.close()
     print(json.dumps({"runs": runs, "rows": rows}))
     return 0
-
-
-def wandb_env(home: Path) -> dict[str, str]:
-    """The client kept off the network and out of $HOME (as tests/test_serve_wandb_client.py)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
-    env.update(
-        {
-            "HOME": str(home),
-            "WANDB_DIR": str(home),
-            "WANDB_CONFIG_DIR": str(home / "config"),
-            "WANDB_CACHE_DIR": str(home / "cache"),
-            "WANDB_DATA_DIR": str(home / "data"),
-            "WANDB_SILENT": "true",
-            "WANDB_ERROR_REPORTING": "false",
-            "WANDB_API_KEY": KEY,
-            "NETRC": str(home / "netrc"),
-        }
-    )
-    return env
-
-
-def mirror_env(url: str, home: Path) -> dict[str, str]:
-    """An environment for ``wandb-mirror`` that talks to ``url`` and nothing else."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
-    env.update(
-        {
-            "WANDB_BASE_URL": url,
-            "WANDB_API_KEY": KEY,
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / "config"),
-            "XDG_DATA_HOME": str(home / "data"),
-            "NETRC": str(home / "netrc"),
-        }
-    )
-    return env
-
-
-# --- the upstream: seeded once, exported once, copied per mode ------------------------------------
 
 
 def serve_supports_parquet() -> bool:
@@ -242,63 +215,6 @@ def copy_upstream(source: Path, exports: Path | None, work: Path) -> tuple[Path,
 
 
 # --- the server --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """``python -m mirror.serve`` over one database, its access log in a file."""
-
-    def __init__(self, db: Path, log: Path, args: list[str]) -> None:
-        self.db, self.log_path, self.args = db, log, args
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Server:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_MIRROR_SERVE_")}
-        cmd = [sys.executable, "-m", "mirror.serve", "--db", str(self.db)]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*cmd, "--port", str(self.port), *self.args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        for _ in range(600):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"server did not start:\n{self.log()}")
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-
-    def cpu_seconds(self) -> float:
-        """CPU time the server process has used so far (all its threads)."""
-        assert self.proc is not None
-        times = psutil.Process(self.proc.pid).cpu_times()
-        return times.user + times.system
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def access_counts(text: str) -> tuple[int, int, dict[str, tuple[int, float]]]:
@@ -413,7 +329,7 @@ def measured(server: Server, cmd: list[str], env: dict[str, str], label: str) ->
 
 def sync_mirror(server: Server, mirror: Path, config: Path, home: Path, label: str) -> dict:
     cmd = [sys.executable, "-m", "mirror.cli", "--db", str(mirror), "--config", str(config)]
-    result = measured(server, [*cmd, "sync", PATH], mirror_env(server.url, home), label)
+    result = measured(server, [*cmd, "sync", PATH], mirror_env(server.url, home, KEY), label)
     lines = [ln for ln in result["stdout"].splitlines() if ln.startswith(PATH + ":")]
     if not lines:
         raise RuntimeError(f"{label}: no summary line:\n{result['stdout']}\n{result['stderr']}")
@@ -435,7 +351,7 @@ def sync_baseline(server: Server, out: Path, home: Path, per_page: int, page_siz
     home.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--baseline-worker", server.url]
     cmd += [str(out), str(per_page), str(page_size)]
-    result = measured(server, cmd, wandb_env(home), "baseline")
+    result = measured(server, cmd, wandb_env(home, KEY), "baseline")
     counted = json.loads(result["stdout"].strip().splitlines()[-1])
     result["rows"] = counted["rows"]
     result["runs"] = counted["runs"]
@@ -761,15 +677,6 @@ def report(results: list[dict[str, Any]], minimum: int, args: argparse.Namespace
             ok &= passed
             print(f"- {mode}: {text}: {verdict(passed)}")
     return ok
-
-
-def wandb_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("wandb")
-    except Exception:  # noqa: BLE001
-        return "?"
 
 
 def main() -> int:

@@ -13,11 +13,15 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import psutil
+import requests
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -136,3 +140,108 @@ def fresh_database(path: Path) -> Any:
 def verdict(ok: bool) -> str:
     """PASS or FAIL, for the target lines."""
     return "PASS" if ok else "FAIL"
+
+
+# --- the stand-in for W&B and the environments of the programs that talk to it -----------------
+
+
+def wandb_env(home: Path, key: str) -> dict[str, str]:
+    """The official client kept off the network and out of $HOME (as the tests keep it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env.update(
+        {
+            "HOME": str(home),
+            "WANDB_DIR": str(home),
+            "WANDB_CONFIG_DIR": str(home / "config"),
+            "WANDB_CACHE_DIR": str(home / "cache"),
+            "WANDB_DATA_DIR": str(home / "data"),
+            "WANDB_SILENT": "true",
+            "WANDB_ERROR_REPORTING": "false",
+            "WANDB_API_KEY": key,
+            "NETRC": str(home / "netrc"),
+        }
+    )
+    return env
+
+
+def mirror_env(url: str, home: Path, key: str) -> dict[str, str]:
+    """An environment for ``wandb-mirror`` that talks to ``url`` and nothing else."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env.update(
+        {
+            "WANDB_BASE_URL": url,
+            "WANDB_API_KEY": key,
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / "config"),
+            "XDG_DATA_HOME": str(home / "data"),
+            "NETRC": str(home / "netrc"),
+        }
+    )
+    return env
+
+
+def wandb_version() -> str:
+    """The installed wandb client's version, for the figures' headers."""
+    try:
+        from importlib.metadata import version
+
+        return version("wandb")
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``python -m mirror.serve`` over one database, its access log in a file."""
+
+    def __init__(self, db: Path, log: Path, args: list[str]) -> None:
+        self.db, self.log_path, self.args = db, log, args
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_MIRROR_SERVE_")}
+        cmd = [sys.executable, "-m", "mirror.serve", "--db", str(self.db)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*cmd, "--port", str(self.port), *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        for _ in range(600):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not start:\n{self.log()}")
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (all its threads)."""
+        assert self.proc is not None
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return times.user + times.system
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
