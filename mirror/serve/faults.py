@@ -32,13 +32,14 @@ then the drop draw, then the latency.
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+
+from mirror.serve import options
 
 ENV_PREFIX = "WANDB_MIRROR_SERVE_FAULT_"
 
@@ -118,21 +119,12 @@ OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
 
 def env_name(option: str) -> str:
     """``"latency-ms"`` → ``"WANDB_MIRROR_SERVE_FAULT_LATENCY_MS"``."""
-    return ENV_PREFIX + option.upper().replace("-", "_")
+    return options.env_name(ENV_PREFIX, option)
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """The fault settings given in the environment, parsed, by FaultConfig field name."""
-    environ = os.environ if environ is None else environ
-    found: dict[str, object] = {}
-    for option, (name, parse) in OPTIONS.items():
-        text = environ.get(env_name(option))
-        if text:
-            try:
-                found[name] = parse(text)
-            except ValueError as exc:
-                raise ValueError(f"{env_name(option)}: {exc}") from None
-    return found
+    return options.from_env(ENV_PREFIX, OPTIONS, environ)
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,14 @@ variables).
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+
+from mirror.serve import options
 
 ENV_PREFIX = "WANDB_MIRROR_SERVE_"
 #: the largest page of a listing (``runs``, ``models``): larger ``first`` values are clamped to it
@@ -105,21 +106,12 @@ OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
 
 def env_name(option: str) -> str:
     """``"request-timeout"`` → ``"WANDB_MIRROR_SERVE_REQUEST_TIMEOUT"``."""
-    return ENV_PREFIX + option.upper().replace("-", "_")
+    return options.env_name(ENV_PREFIX, option)
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """The limits given in the environment, parsed, by Limits field name."""
-    environ = os.environ if environ is None else environ
-    found: dict[str, object] = {}
-    for option, (name, parse) in OPTIONS.items():
-        text = environ.get(env_name(option))
-        if text:
-            try:
-                found[name] = parse(text)
-            except ValueError as exc:
-                raise ValueError(f"{env_name(option)}: {exc}") from None
-    return found
+    return options.from_env(ENV_PREFIX, OPTIONS, environ)
 
 
 class RequestAborted(BaseException):  # noqa: N818 - it ends a request, it is not an error type

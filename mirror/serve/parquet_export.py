@@ -54,6 +54,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from mirror.serve import options
 from mirror.serve.chunk_cache import ChunkCache
 from mirror.store.fields import dumps
 from mirror.store.read import ChunkSpan, chunk_spans, iter_chunks, load_chunk, window
@@ -146,21 +147,12 @@ OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
 
 def env_name(option: str) -> str:
     """``"export-delay"`` → ``"WANDB_MIRROR_SERVE_PARQUET_EXPORT_DELAY"``."""
-    return ENV_PREFIX + option.upper().replace("-", "_")
+    return options.env_name(ENV_PREFIX, option)
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """The export settings given in the environment, parsed, by ParquetConfig field name."""
-    environ = os.environ if environ is None else environ
-    found: dict[str, object] = {}
-    for option, (name, parse) in OPTIONS.items():
-        text = environ.get(env_name(option))
-        if text:
-            try:
-                found[name] = parse(text)
-            except ValueError as exc:
-                raise ValueError(f"{env_name(option)}: {exc}") from None
-    return found
+    return options.from_env(ENV_PREFIX, OPTIONS, environ)
 
 
 # --- signed URLs -----------------------------------------------------------------------------
