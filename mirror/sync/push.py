@@ -34,6 +34,7 @@ from mirror.remote.project import ProjectNotFound, RemoteProject
 from mirror.store import outbox
 from mirror.store.engine import write_transaction
 from mirror.store.fields import dumps
+from mirror.store.models import outbox as outbox_table
 from mirror.store.models import runs
 from mirror.store.outbox import OpenEdit
 from mirror.store.read import find_project
@@ -134,35 +135,35 @@ class Pusher:
         self.report.seconds = time.perf_counter() - started
         return self.report
 
-    def _open(self) -> dict[str, tuple[dict[str, Any], list[OpenEdit]]]:
-        """Run name → (its row, its pushable edits). Conflicts wait for ``outbox resolve``
+    def _open(self) -> dict[str, list[OpenEdit]]:
+        """Run name → its pushable edits. Conflicts wait for ``outbox resolve``
         under ``abort``; a push told to let one side win settles them with it."""
         with self.engine.connect() as conn:
             project = find_project(conn, self.remote.entity, self.remote.project)
             if project is None:
                 return {}
-            rows = {
-                r["id"]: dict(r)
-                for r in conn.execute(
-                    select(runs).where(runs.c.project_id == project["id"])
-                ).mappings()
-            }
-            edits = outbox.open_edits(conn, rows)
-        self._ids = {row["name"]: run_id for run_id, row in rows.items()}
+            edited = (
+                select(runs.c.id, runs.c.name)
+                .where(runs.c.project_id == project["id"])
+                .where(select(outbox_table.c.id).where(outbox_table.c.run_id == runs.c.id).exists())
+            )
+            names = dict(conn.execute(edited).all())  # only the runs with edits: no JSON read
+            edits = outbox.open_edits(conn, names)
+        self._ids = {name: run_id for run_id, name in names.items()}
         work = {}
         for run_id, found in edits.items():
             pushable = [e for e in found if e.status != outbox.CONFLICT or self.policy != "abort"]
             self.report.conflicts += len(found) - len(pushable)
             if pushable:
-                work[rows[run_id]["name"]] = (rows[run_id], pushable)
+                work[names[run_id]] = pushable
         return work
 
-    def _push_batch(self, work: dict[str, tuple[dict[str, Any], list[OpenEdit]]]) -> None:
+    def _push_batch(self, work: dict[str, list[OpenEdit]]) -> None:
         """Read, decide, write the runs' edits at once (``concurrency`` writes in flight), verify."""
         nodes = {n["name"]: n for n in self.remote.records(list(work))}
         decided: dict[str, list[_Decision]] = {}
-        for name, (run, edits) in work.items():
-            decisions = self._decide(run, edits, nodes.get(name))
+        for name, edits in work.items():
+            decisions = self._decide(edits, nodes.get(name))
             if decisions:
                 decided[name] = decisions
         to_write = {n: d for n, d in decided.items() if not all(x.done for x in d)}
@@ -181,9 +182,7 @@ class Pusher:
         if decided:
             self._verify(decided)
 
-    def _decide(
-        self, run: dict[str, Any], edits: Sequence[OpenEdit], node: dict[str, Any] | None
-    ) -> list[_Decision]:
+    def _decide(self, edits: Sequence[OpenEdit], node: dict[str, Any] | None) -> list[_Decision]:
         """What to push of each edit of one run; conflicts and waits are recorded here."""
         if node is None:
             self._mark_edits(edits, outbox.CONFLICT, "the run was deleted on W&B")
