@@ -17,7 +17,8 @@ from mirror import __version__
 from mirror.config import Settings, load_settings
 from mirror.errors import MirrorError
 from mirror.store import migrate
-from mirror.store.engine import make_engine, sqlite_path
+from mirror.store.engine import make_engine
+from mirror.store.lock import WriterLock
 
 EXIT_ERROR = 1
 
@@ -245,9 +246,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
     wanted = targets(settings, args.paths, no_history=getattr(args, "no_history", False))
     client = make_client(settings)
     progress = BarProgress() if sys.stderr.isatty() else None
+    lock = WriterLock(_database(args), f"wandb-mirror {args.command}")
+
+    def open_locked() -> Engine:
+        """The daemon, or another sync, may be writing: one writer per mirror."""
+        lock.acquire()
+        return _open_for_writing(args)
+
     try:
         outcomes = run_cycle(
-            lambda: _open_for_writing(args),
+            open_locked,
             client,
             settings,
             wanted,
@@ -260,6 +268,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         )
     finally:
         client.close()
+        lock.release()
     for outcome in outcomes:
         if outcome.push is not None:
             for problem in outcome.push.problems[:10]:
@@ -362,36 +371,16 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mirror.sync.state import project_statuses
+    from mirror.status import write_status
 
-    engine = _open(args)
-    with engine.connect() as conn:
-        statuses = project_statuses(conn)
-    if not statuses:
-        print("the mirror holds no project yet; run `wandb-mirror sync ENTITY/PROJECT`")
-    for st in statuses:
-        lag = ""
-        if st.remote_run_count is not None and st.remote_run_count != st.runs:
-            lag = f", W&B listed {st.remote_run_count} at the last pull"
-        print(
-            f"{st.path}: {st.runs} runs ({st.deleted} deleted), {st.history_rows:,} history rows"
-            f"{lag}"
-        )
-        print(f"  last success: {st.last_success_at or 'never'}")
-        if st.last_summary:
-            print(f"  last pull:    {st.last_summary}")
-        if st.last_error:
-            print(f"  last error:   {st.last_error}")
-        if st.failing_runs:
-            print(f"  {st.failing_runs} runs failed to sync and are retried next cycle")
-        if st.edits:
-            counts = ", ".join(f"{n} {status}" for status, n in sorted(st.edits.items()))
-            print(f"  queued edits: {counts} (`wandb-mirror outbox list`)")
-    path = sqlite_path(str(engine.url))
-    if path is not None:
-        size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
-        print(f"database: {path} ({size / 1e6:.1f} MB with its WAL)")
+    write_status(_open(args), _settings(args), sys.stdout)
     return 0
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from mirror.daemon import run_daemon
+
+    return run_daemon(_database(args), args.config)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -529,8 +518,15 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--take", choices=["local", "remote", "discard"], required=True)
     box.set_defaults(fn=cmd_outbox)
 
-    status = sub.add_parser("status", help="last sync per project, failures, database size")
+    status = sub.add_parser(
+        "status", help="the daemon, last sync and failure per project, edits, backups"
+    )
     status.set_defaults(fn=cmd_status)
+
+    daemon = sub.add_parser(
+        "daemon", help="keep the mirror current: scheduled pulls, pushes and backups"
+    )
+    daemon.set_defaults(fn=cmd_daemon)
 
     demo = sub.add_parser("demo", help="seed a synthetic project and query it offline")
     demo.add_argument("--runs", type=_count, default=300)

@@ -36,6 +36,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    enabled: bool = False  # the daemon also serves the mirror
 
 
 #: ``history`` of a project: every key (True), none (False), or only these keys
@@ -48,6 +49,7 @@ class ProjectSettings:
 
     path: str
     history: HistoryChoice | None = None  # None: the ``[sync] history`` default
+    interval: float | None = None  # seconds between the daemon's pulls; None: [daemon]'s
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,34 @@ class PushSettings:
 
 
 @dataclass(frozen=True)
+class DaemonSettings:
+    """What the daemon runs when: intervals in seconds, cron expressions in local time."""
+
+    pull_interval: float = 900.0
+    push_interval: float = 300.0
+    reconcile: str = "0 4 * * 0"  # a full reconcile, Sundays at 04:00; "" for never
+    misfire_grace: float = 86_400.0  # a job overdue by less than this still runs (once)
+    failure_backoff_max: float = 3_600.0  # longest wait after repeated failures of a job
+    log_file: str = ""  # "" logs to stderr only
+    log_level: str = "info"
+    log_max_bytes: int = 10_000_000
+    log_backups: int = 5
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    """Where snapshots go, when the daemon takes them, and which ones are kept."""
+
+    dest: str = ""  # "" means backups/ beside the database
+    schedule: str = "30 3 * * *"  # cron for the daemon; "" for never
+    keep_last: int = 7
+    keep_daily: int = 7
+    keep_weekly: int = 4
+    export_schedule: str = ""  # cron of a portable export (jsonl) too; "" for never
+    export_dest: str = ""  # "" means exports/ beside the database
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything configurable, resolved once at start-up."""
 
@@ -86,6 +116,8 @@ class Settings:
     remote: RemoteSettings = field(default_factory=RemoteSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
     push: PushSettings = field(default_factory=PushSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
     projects: tuple[ProjectSettings, ...] = ()
     source: Path | None = None
 
@@ -98,11 +130,36 @@ _KNOWN: dict[str, Any] = {
     "remote": dict,
     "sync": dict,
     "push": dict,
+    "daemon": dict,
+    "backup": dict,
     "project": list,
 }
 _PUSH_KNOWN: dict[str, Any] = {"policy": str, "wait_for_running": bool}
 _POLICIES = ("abort", "local-wins", "remote-wins")
-_SERVE_KNOWN: dict[str, Any] = {"host": str, "port": int, "api_keys": list}
+_SERVE_KNOWN: dict[str, Any] = {"host": str, "port": int, "api_keys": list, "enabled": bool}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+#: ``[daemon]`` and ``[backup]`` settings → (type, smallest allowed value; None: a cron or text)
+_DAEMON_KNOWN: dict[str, tuple[Any, float | None]] = {
+    "pull_interval": (_NUMBER, 1),
+    "push_interval": (_NUMBER, 1),
+    "reconcile": (str, None),
+    "misfire_grace": (_NUMBER, 1),
+    "failure_backoff_max": (_NUMBER, 1),
+    "log_file": (str, None),
+    "log_level": (str, None),
+    "log_max_bytes": (int, 1000),
+    "log_backups": (int, 0),
+}
+_BACKUP_KNOWN: dict[str, tuple[Any, float | None]] = {
+    "dest": (str, None),
+    "schedule": (str, None),
+    "keep_last": (int, 1),
+    "keep_daily": (int, 0),
+    "keep_weekly": (int, 0),
+    "export_schedule": (str, None),
+    "export_dest": (str, None),
+}
+_CRON_SETTINGS = ("reconcile", "schedule", "export_schedule")
 #: ``[remote]`` setting → (RemoteSettings field, type, smallest allowed value)
 _REMOTE_KNOWN: dict[str, tuple[str, Any, float]] = {
     "base_url": ("", str, 0),
@@ -129,7 +186,7 @@ _SYNC_KNOWN: dict[str, tuple[Any, float]] = {
     "max_delete_fraction": (_NUMBER, 0),
     "lag_window": (_NUMBER, 0),
 }
-_PROJECT_KNOWN: dict[str, Any] = {"path": str, "history": (bool, list)}
+_PROJECT_KNOWN: dict[str, Any] = {"path": str, "history": (bool, list), "interval": _NUMBER}
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "a table"}
 _TYPE_NAMES.update(
     {bool: "true or false", _NUMBER: "a number", (bool, list): "true, false or a list"}
@@ -204,6 +261,43 @@ def _push(table: dict[str, Any], path: Path) -> PushSettings:
     return PushSettings(policy, table.get("wait_for_running", PushSettings.wait_for_running))
 
 
+def check_cron(text: str, name: str) -> None:
+    """A five-field crontab expression (minute hour day month weekday), or a ConfigError."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(text)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{name} must be a crontab expression such as '30 3 * * *' (minute hour day month "
+            f"weekday), not {text!r}: {exc}"
+        ) from None
+
+
+def _table(
+    table: dict[str, Any], known: dict[str, tuple[Any, float | None]], where: str, path: Path
+) -> dict[str, Any]:
+    """A table of numbers (with lower bounds), text and cron expressions, checked."""
+    _check(table, {k: t for k, (t, _low) in known.items()}, where, path)
+    for key, value in table.items():
+        low = known[key][1]
+        if low is not None:
+            _at_least(value, low, f"{where}{key}", path)
+        elif key in _CRON_SETTINGS and value:
+            check_cron(value, f"{path}: {where}{key}")
+    return dict(table)
+
+
+def _daemon(table: dict[str, Any], path: Path) -> DaemonSettings:
+    values = _table(table, _DAEMON_KNOWN, "daemon.", path)
+    level = values.get("log_level", DaemonSettings.log_level)
+    if level not in _LOG_LEVELS:
+        raise ConfigError(
+            f"{path}: daemon.log_level must be one of {', '.join(_LOG_LEVELS)}, not {level!r}"
+        )
+    return DaemonSettings(**values)
+
+
 def _projects(items: list[Any], path: Path) -> tuple[ProjectSettings, ...]:
     found = []
     for i, item in enumerate(items):
@@ -215,7 +309,12 @@ def _projects(items: list[Any], path: Path) -> tuple[ProjectSettings, ...]:
         if text.count("/") != 1 or not all(text.split("/")):
             raise ConfigError(f"{path}: {where}path must be ENTITY/PROJECT, not {text!r}")
         history = item.get("history")
-        found.append(ProjectSettings(text, None if history is None else _history(history)))
+        interval = item.get("interval")
+        if interval is not None:
+            _at_least(interval, 1, f"{where}interval", path)
+        found.append(
+            ProjectSettings(text, None if history is None else _history(history), interval)
+        )
     return tuple(found)
 
 
@@ -244,6 +343,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         host=serve_table.get("host", ServeSettings.host),
         port=serve_table.get("port", ServeSettings.port),
         api_keys=tuple(serve_table.get("api_keys", [])),
+        enabled=serve_table.get("enabled", ServeSettings.enabled),
     )
     remote_table = data.get("remote", {})
     return Settings(
@@ -254,6 +354,8 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         remote=_remote(remote_table, file),
         sync=_sync(data.get("sync", {}), file),
         push=_push(data.get("push", {}), file),
+        daemon=_daemon(data.get("daemon", {}), file),
+        backup=BackupSettings(**_table(data.get("backup", {}), _BACKUP_KNOWN, "backup.", file)),
         projects=_projects(data.get("project", []), file),
         source=file if file.is_file() else None,
     )
