@@ -46,6 +46,14 @@ class AuthError(CommError):
     """W&B refused the key (401/403): nothing else will work until the user logs in again."""
 
 
+class Interrupted(Exception):
+    """The sync was asked to stop (the daemon got TERM): no request is sent or retried after.
+
+    Not a ``CommError``: nothing failed, so nothing is recorded as a failure, and every layer
+    lets it through to the one that asked.
+    """
+
+
 class RetryableError(CommError):
     """A failure that may pass: a 429, 408, 5xx, a network error or a garbled answer."""
 
@@ -128,8 +136,9 @@ class Pacer:
     thread until its ``Retry-After`` has passed.
     """
 
-    def __init__(self, min_interval_s: float, slow_below: float) -> None:
+    def __init__(self, min_interval_s: float, slow_below: float, sleep: Any = time.sleep) -> None:
         self.min_interval_s = min_interval_s
+        self._sleep = sleep
         self.slow_below = slow_below
         self.interval_s = min_interval_s
         self._next = 0.0
@@ -141,7 +150,7 @@ class Pacer:
             slot = max(now, self._next)
             self._next = slot + self.interval_s
         if slot > now:
-            time.sleep(slot - now)
+            self._sleep(slot - now)
 
     def observe(self, headers: Mapping[str, str]) -> None:
         limit = _number(headers, "RateLimit-Limit")
@@ -221,12 +230,14 @@ class RemoteClient:
         settings: RemoteSettings | None = None,
         budget: RetryBudget | None = None,
         stats: RequestStats | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.credentials = credentials
         self.settings = settings or RemoteSettings()
         self.budget = budget or RetryBudget(self.settings.retry_budget)
         self.stats = stats or RequestStats()
-        self.pacer = Pacer(self.settings.min_interval_s, self.settings.slow_below)
+        self.cancel = cancel or threading.Event()
+        self.pacer = Pacer(self.settings.min_interval_s, self.settings.slow_below, self._sleep)
         self._local = threading.local()
         self.graphql_url = credentials.base_url + "/graphql"
         key = credentials.api_key
@@ -257,6 +268,11 @@ class RemoteClient:
                 setattr(self._local, name, None)
 
     # --- the retry machinery -------------------------------------------------------------
+
+    def _sleep(self, seconds: float) -> None:
+        """A backoff or pacing wait that ends early, with ``Interrupted``, when asked to stop."""
+        if self.cancel.wait(seconds):
+            raise Interrupted
 
     def _wait(self, state: RetryCallState) -> float:
         s = self.settings
@@ -294,6 +310,7 @@ class RemoteClient:
             wait=self._wait,
             stop=self._stop,
             before_sleep=self._before_sleep,
+            sleep=self._sleep,
             reraise=True,
         )
         try:
@@ -312,6 +329,8 @@ class RemoteClient:
 
     def _send(self, method: str, url: str, authenticated: bool, **kwargs: Any) -> requests.Response:
         """One HTTP exchange, its failure classified; counts it and feeds the pacer."""
+        if self.cancel.is_set():
+            raise Interrupted
         self.pacer.wait()
         self.stats.add(**({"requests": 1} if authenticated else {"downloads": 1}))
         where = self.credentials.host if authenticated else "the file host"

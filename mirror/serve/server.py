@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
+from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
 from waitress.task import WSGITask
@@ -174,7 +175,45 @@ def _on_stop_signal(app: MirrorApp) -> Callable[..., None]:
     return stop
 
 
-def serve(
+class ServedMirror:
+    """A mirror's app on a bound waitress server: run in the foreground by ``serve``, on a
+    thread of its own by the daemon, which serves while it syncs."""
+
+    def __init__(self, engine: Any, app: MirrorApp, server: Any) -> None:
+        self.engine = engine
+        self.app = app
+        self.server = server
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server.effective_port)
+
+    def describe(self, host: str) -> str:
+        return (
+            f"serving {self.engine.url} at http://{host}:{self.port}/graphql ({self.app.role} role)"
+        )
+
+    def start(self) -> None:
+        """Answer requests on a background thread until ``stop()``."""
+        self._thread = threading.Thread(target=self.server.run, name="mirror-serve", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = STOP_GRACE_S) -> None:
+        """Cancel requests in flight and end the loop from its own thread (closing sockets
+        under a running select would break it), then release the database."""
+        self.app.stop()
+        self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self.server.map))
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.close()
+
+    def close(self) -> None:
+        self.server.task_dispatcher.shutdown()
+        self.engine.dispose()
+
+
+def build_server(
     database: str | os.PathLike[str] | None,
     host: str = "127.0.0.1",
     port: int = 8080,
@@ -184,8 +223,8 @@ def serve(
     parquet: ParquetConfig | None = None,
     limits: Limits | None = None,
     role: str | None = None,
-) -> None:
-    """Serve the mirror at ``http://host:port/graphql`` until interrupted (SIGINT or SIGTERM).
+) -> ServedMirror:
+    """The server for a mirror, bound and ready, not yet answering.
 
     Raises ``ConfigError`` when asked to listen beyond loopback without an API key, or to export
     parquet with no directory to put it in, and ``MirrorError`` when ``database`` is not a
@@ -201,40 +240,55 @@ def serve(
     try:
         migrate.require_current(engine)
         exports = make_exports(engine.url.render_as_string(hide_password=False), parquet)
+        role = role or default_role(engine)
+        if role not in ROLES:
+            raise ConfigError(f"the serve role must be mirror or upstream, not {role!r}")
+        limits = limits or Limits()
+        app = MirrorApp(
+            engine, keys, faults or FaultConfig(), exports=exports, limits=limits, role=role
+        )
+        return ServedMirror(engine, app, make_server(app, host, port, threads, limits))
     except BaseException:
         engine.dispose()
         raise
-    faults = faults or FaultConfig()
-    limits = limits or Limits()
-    role = role or default_role(engine)
-    if role not in ROLES:
-        engine.dispose()
-        raise ConfigError(f"the serve role must be mirror or upstream, not {role!r}")
-    app = MirrorApp(engine, keys, faults, exports=exports, limits=limits, role=role)
-    server = make_server(app, host, port, threads, limits)
+
+
+def serve(
+    database: str | os.PathLike[str] | None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    api_keys: Sequence[str] = (),
+    faults: FaultConfig | None = None,
+    threads: int = 8,
+    parquet: ParquetConfig | None = None,
+    limits: Limits | None = None,
+    role: str | None = None,
+) -> None:
+    """Serve the mirror at ``http://host:port/graphql`` until interrupted (SIGINT or SIGTERM);
+    raises what ``build_server`` raises."""
+    served = build_server(database, host, port, api_keys, faults, threads, parquet, limits, role)
+    app = served.app
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _on_stop_signal(app))
-    bound_port = server.effective_port
-    log.info("serving %s at http://%s:%s/graphql (%s role)", engine.url, host, bound_port, role)
-    if faults.active:
-        log.warning("fault injection on: %s", faults.describe())
-    if exports is not None:
+    log.info("%s", served.describe(host))
+    if app.faults.config.active:
+        log.warning("fault injection on: %s", app.faults.config.describe())
+    if app.exports is not None:
         log.info(
             "parquet exports on: finished runs %gs after their last heartbeat, into %s, "
             "URLs valid %gs",
-            exports.delay,
-            exports.directory,
-            exports.config.url_ttl,
+            app.exports.delay,
+            app.exports.directory,
+            app.exports.config.url_ttl,
         )
-    if not keys.required:
+    if not app.keys.required:
         log.info("no API key configured: any key is accepted (loopback only)")
     try:
-        server.run()
+        served.server.run()
     except KeyboardInterrupt:
         pass
     finally:
-        server.close()
-        engine.dispose()
+        served.close()
         faulthandler.cancel_dump_traceback_later()
 
 

@@ -99,10 +99,10 @@ class WriterLock:
             os.close(fd)
             holder = read_holder(self.path)
             who = holder.describe() if holder else "another process"
+            database = self.path.name.removesuffix(".writer.lock")
             raise LockHeld(
-                f"{who} is writing to this mirror ({self.path}); "
-                + _advice(holder.command if holder else "")
-            ) from None
+                f"{who} is writing to {self.path.with_name(database)}; " + _advice(holder)
+            )
         me = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -130,9 +130,9 @@ class WriterLock:
         self.release()
 
 
-def _advice(command: str) -> str:
-    if command.startswith("wandb-mirror daemon"):
-        return "the daemon syncs on its schedule; `kill -USR1 PID` makes it pull now"
+def _advice(holder: Holder | None) -> str:
+    if holder is not None and holder.command.startswith("wandb-mirror daemon"):
+        return f"the daemon syncs on its schedule; `kill -USR1 {holder.pid}` makes it pull now"
     return "wait for it to finish, then try again"
 
 

@@ -194,3 +194,20 @@ outbox = Table(
     Column("remote", Text),  # the values W&B held at the last pull or push (they move under it)
     Index(None, "status", "run_id"),
 )
+
+daemon_jobs = Table(
+    "daemon_jobs",
+    metadata,
+    # The daemon's jobs as it last ran and scheduled them, for ``status`` (any process may read
+    # it): ``pull:ENTITY/PROJECT``, ``push``, ``reconcile``, ``backup``, ``export``.
+    Column("id", String(300), primary_key=True),
+    Column("next_run_at", String(32)),
+    Column("last_started_at", String(32)),
+    Column("last_finished_at", String(32)),
+    Column("last_success_at", String(32)),
+    Column("last_failure_at", String(32)),
+    Column("last_error", Text),
+    Column("last_summary", Text),
+    Column("runs", Integer, nullable=False, default=0),  # times it ran since it was first set up
+    Column("failures", Integer, nullable=False, default=0),  # consecutive failed runs
+)

@@ -6,6 +6,7 @@ sync; a key that W&B refuses ends the whole cycle at once, since nothing else ca
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -54,9 +55,16 @@ def targets(settings: Settings, paths: Sequence[str], no_history: bool = False) 
     return found
 
 
-def make_client(settings: Settings, api_key: str | None = None) -> RemoteClient:
-    """A client for the configured W&B host with the key from the environment or netrc."""
-    return RemoteClient(resolve_credentials(settings.base_url, api_key), settings.remote)
+def make_client(
+    settings: Settings, api_key: str | None = None, cancel: threading.Event | None = None
+) -> RemoteClient:
+    """A client for the configured W&B host with the key from the environment or netrc.
+
+    Setting ``cancel`` stops every request and retry wait of the client (the daemon's TERM).
+    """
+    return RemoteClient(
+        resolve_credentials(settings.base_url, api_key), settings.remote, cancel=cancel
+    )
 
 
 def check_key(client: RemoteClient) -> None:
