@@ -83,7 +83,7 @@ class DaemonSettings:
 
     pull_interval: float = 900.0
     push_interval: float = 300.0
-    reconcile: str = "0 4 * * 0"  # a full reconcile, Sundays at 04:00; "" for never
+    reconcile: str = "0 4 * * 0"  # a full reconcile, Sundays at 04:00 (cron or "every 7d"); ""
     misfire_grace: float = 86_400.0  # a job overdue by less than this still runs (once)
     failure_backoff_max: float = 3_600.0  # longest wait after repeated failures of a job
     log_file: str = ""  # "" logs to stderr only
@@ -97,11 +97,11 @@ class BackupSettings:
     """Where snapshots go, when the daemon takes them, and which ones are kept."""
 
     dest: str = ""  # "" means backups/ beside the database
-    schedule: str = "30 3 * * *"  # cron for the daemon; "" for never
+    schedule: str = "30 3 * * *"  # the daemon's: cron or "every 6h"; "" for never
     keep_last: int = 7
     keep_daily: int = 7
     keep_weekly: int = 4
-    export_schedule: str = ""  # cron of a portable export (jsonl) too; "" for never
+    export_schedule: str = ""  # the same for a portable export (jsonl); "" for never
     export_dest: str = ""  # "" means exports/ beside the database
 
 
@@ -261,8 +261,24 @@ def _push(table: dict[str, Any], path: Path) -> PushSettings:
     return PushSettings(policy, table.get("wait_for_running", PushSettings.wait_for_running))
 
 
-def check_cron(text: str, name: str) -> None:
-    """A five-field crontab expression (minute hour day month weekday), or a ConfigError."""
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_schedule(text: str, name: str) -> float | None:
+    """A schedule setting: ``every N[s|m|h|d]`` → its seconds, or a five-field crontab
+    expression (minute hour day month weekday, local time) → None once it is known valid."""
+    words = text.split()
+    if len(words) == 2 and words[0] == "every":
+        amount, unit = words[1], "s"
+        if amount[-1:] in _UNITS:
+            amount, unit = amount[:-1], amount[-1]
+        try:
+            seconds = float(amount) * _UNITS[unit]
+        except ValueError:
+            seconds = 0.0
+        if seconds >= 1:
+            return seconds
+        raise ConfigError(f"{name} must be at least every 1s, not {text!r}")
     from apscheduler.triggers.cron import CronTrigger
 
     try:
@@ -270,8 +286,9 @@ def check_cron(text: str, name: str) -> None:
     except ValueError as exc:
         raise ConfigError(
             f"{name} must be a crontab expression such as '30 3 * * *' (minute hour day month "
-            f"weekday), not {text!r}: {exc}"
+            f"weekday) or 'every 6h', not {text!r}: {exc}"
         ) from None
+    return None
 
 
 def _table(
@@ -284,7 +301,7 @@ def _table(
         if low is not None:
             _at_least(value, low, f"{where}{key}", path)
         elif key in _CRON_SETTINGS and value:
-            check_cron(value, f"{path}: {where}{key}")
+            parse_schedule(value, f"{path}: {where}{key}")
     return dict(table)
 
 

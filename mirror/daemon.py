@@ -28,7 +28,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -44,7 +45,7 @@ from sqlalchemy import Engine, func
 from sqlalchemy import select as sql_select
 
 from mirror import logs
-from mirror.config import Settings, load_settings
+from mirror.config import Settings, load_settings, parse_schedule
 from mirror.errors import MirrorError
 from mirror.remote.auth import resolve_credentials
 from mirror.remote.client import Interrupted
@@ -70,7 +71,7 @@ class JobSpec:
     id: str
     kind: str  # pull | push | reconcile | backup | export
     every: float | None  # seconds between runs, or None for a cron job
-    cron: str  # crontab expression (local time) when ``every`` is None
+    cron: str  # a crontab expression (local time) when ``every`` is None
     executor: str
     grace: float  # seconds late a run may still start (then it runs once)
     target: Target | None = None
@@ -91,14 +92,14 @@ def job_specs(settings: Settings) -> list[JobSpec]:
     for target in wanted:
         every = intervals.get(target.path) or d.pull_interval
         specs.append(JobSpec(f"pull:{target.path}", "pull", every, "", WRITER, grace, target))
+    scheduled = [("backup", b.schedule, READER)]
     if wanted:
         specs.append(JobSpec("push", "push", d.push_interval, "", WRITER, grace))
-        if d.reconcile:
-            specs.append(JobSpec("reconcile", "reconcile", None, d.reconcile, WRITER, grace))
-    if b.schedule:
-        specs.append(JobSpec("backup", "backup", None, b.schedule, READER, grace))
-    if b.export_schedule and wanted:
-        specs.append(JobSpec("export", "export", None, b.export_schedule, READER, grace))
+        scheduled += [("reconcile", d.reconcile, WRITER), ("export", b.export_schedule, READER)]
+    for kind, text, executor in scheduled:
+        if text:
+            every = parse_schedule(text, kind)
+            specs.append(JobSpec(kind, kind, every, "" if every else text, executor, grace))
     return specs
 
 
@@ -130,27 +131,33 @@ class Daemon:
         database = self.database or self.settings.database
         lock = WriterLock(database, "wandb-mirror daemon").acquire()
         try:
-            self.engine = make_engine(database, create=True)
-            snapshot = migrate.upgrade(self.engine)
-            self._configure_logging()
-            if snapshot:
-                log.info("snapshot taken before the schema upgrade: %s", snapshot)
-            self.scheduler = self._make_scheduler()
-            self.scheduler.start(paused=True)
-            self._apply(self.settings)
-            self.scheduler.resume()
-            self._start_serving()
-            log.info(
-                "daemon started (pid %d): %d jobs on %s",
-                os.getpid(),
-                len(self._specs),
-                self.engine.url.render_as_string(hide_password=True),
-            )
-            self._signal_loop()
+            with self._signals() as signals:
+                try:
+                    self._start(database)
+                    self._signal_loop(signals)
+                finally:
+                    self._shut_down()
             return 0
         finally:
-            self._shut_down()
             lock.release()
+
+    def _start(self, database: str | None) -> None:
+        self.engine = make_engine(database, create=True)
+        snapshot = migrate.upgrade(self.engine)
+        self._configure_logging()
+        if snapshot:
+            log.info("snapshot taken before the schema upgrade: %s", snapshot)
+        self.scheduler = self._make_scheduler()
+        self.scheduler.start(paused=True)
+        self._apply(self.settings)
+        self.scheduler.resume()
+        self._start_serving()
+        log.info(
+            "daemon started (pid %d): %d jobs on %s",
+            os.getpid(),
+            len(self._specs),
+            self.engine.url.render_as_string(hide_password=True),
+        )
 
     def _configure_logging(self) -> None:
         try:
@@ -201,8 +208,10 @@ class Daemon:
 
     # --- signals -----------------------------------------------------------------------------
 
-    def _signal_loop(self) -> None:
-        """Wait for signals and act on each; returns once asked to stop."""
+    @contextmanager
+    def _signals(self) -> Iterator[socket.socket]:
+        """Handlers that only note signals, for the daemon's whole life (shutdown included, so
+        a second TERM during it still exits at once); yields the socket the numbers arrive on."""
         reader, writer = socket.socketpair()
         reader.setblocking(False)
         writer.setblocking(False)
@@ -210,18 +219,21 @@ class Daemon:
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
         previous = {s: signal.signal(s, self._on_signal) for s in handled}
         try:
-            while not self._stop_signalled:
-                ready, _, _ = select.select([reader], [], [], 60.0)
-                if not ready:
-                    continue
-                for signum in reader.recv(64):
-                    self._act(signum)
+            yield reader
         finally:
             signal.set_wakeup_fd(old_fd)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             reader.close()
             writer.close()
+
+    def _signal_loop(self, reader: socket.socket) -> None:
+        """Act on each signal outside signal context; returns once asked to stop."""
+        while not self._stop_signalled:
+            ready, _, _ = select.select([reader], [], [], 60.0)
+            if ready:
+                for signum in reader.recv(64):
+                    self._act(signum)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         """Runs in signal context: only notes a stop, or ends the process on the second one."""

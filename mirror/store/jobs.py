@@ -32,9 +32,11 @@ class JobRecord:
 
 
 def _upsert(conn: Connection, job_id: str, **values: object) -> None:
-    done = conn.execute(update(daemon_jobs).where(daemon_jobs.c.id == job_id).values(**values))
-    if done.rowcount == 0:
-        conn.execute(insert(daemon_jobs).values(id=job_id, **{"runs": 0, "failures": 0, **values}))
+    """Update the job's row, or create it first (a job may run before its schedule is saved)."""
+    exists = conn.execute(select(daemon_jobs.c.id).where(daemon_jobs.c.id == job_id)).first()
+    if exists is None:
+        conn.execute(insert(daemon_jobs).values(id=job_id, runs=0, failures=0))
+    conn.execute(update(daemon_jobs).where(daemon_jobs.c.id == job_id).values(**values))
 
 
 def set_schedule(conn: Connection, next_runs: dict[str, str | None]) -> None:

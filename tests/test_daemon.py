@@ -1,0 +1,285 @@
+"""The daemon as a real process against ``serve`` as the upstream, with short intervals: it
+syncs on schedule, obeys USR1, HUP and TERM, keeps one writer per mirror, survives an upstream
+that goes away, catches up once after a sleep, and serves the mirror it keeps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from daemon_process import DaemonProcess, job_rows, job_runs, write_config
+from mirror_compare import differences
+from server_process import ServerProcess, free_port
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+from sync_checks import wait_for
+from sync_env import ENTITY, KEY, PATH, PROJECT, Upstream, run_cli, seed_upstream, sync_env
+
+from mirror.store.engine import make_engine
+from mirror.store.models import projects, runs
+from mirror.synth import seed_project
+from mirror.synth_activity import add_run, log_steps
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture()
+def upstream(tmp_path: Path):
+    db = seed_upstream(tmp_path / "upstream.db", runs_=12, steps=40)
+    with Upstream(db, tmp_path / "serve.log") as up:
+        yield up
+
+
+def _runs_in(mirror: Path, entity: str = ENTITY, project: str = PROJECT) -> int:
+    """Live runs of a project in the mirror (0 before the daemon created it)."""
+    if not mirror.exists():
+        return 0
+    engine = make_engine(mirror, create=False)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(
+                select(func.count())
+                .select_from(runs.join(projects, projects.c.id == runs.c.project_id))
+                .where(
+                    projects.c.entity == entity,
+                    projects.c.name == project,
+                    runs.c.deleted_at.is_(None),
+                )
+            ).scalar_one()
+    except OperationalError:  # the daemon has not created the tables yet
+        return 0
+    finally:
+        engine.dispose()
+
+
+def _daemon(tmp_path: Path, url: str, projects: list[str], **config: object) -> DaemonProcess:
+    cfg = write_config(tmp_path / "config.toml", projects, **config)  # type: ignore[arg-type]
+    env = sync_env(url, tmp_path / "home")
+    return DaemonProcess(tmp_path / "mirror.db", cfg, env, tmp_path / "daemon.log")
+
+
+def test_it_syncs_on_schedule_and_picks_up_new_runs_and_history(upstream, tmp_path):
+    with _daemon(tmp_path, upstream.url, [PATH]) as daemon:
+        daemon.wait_log("pull acme/vision: 12 runs new")
+        assert differences(upstream.db, daemon.mirror, ENTITY, PROJECT) == []
+        running = upstream.run_with_state("running")
+        upstream._change(log_steps, running, 25)
+        upstream._change(add_run, "fresh1", 7)
+        wait_for(
+            lambda: (
+                _runs_in(daemon.mirror) == 13
+                and not differences(upstream.db, daemon.mirror, ENTITY, PROJECT)
+            ),
+            30,
+            "the daemon to mirror the new run and the new steps",
+        )
+        assert daemon.stop() == 0
+    log = daemon.log()
+    assert "daemon stopped" in log
+    assert KEY not in log
+
+
+def test_usr1_pulls_at_once_and_hup_adds_a_project_from_the_edited_config(upstream, tmp_path):
+    with _daemon(tmp_path, upstream.url, [PATH], interval=3600) as daemon:
+        daemon.wait_log("pull acme/vision: 12 runs new")
+        upstream._change(add_run, "late1", 3)
+        mark = len(daemon.log())
+        time.sleep(1.5)
+        assert _runs_in(daemon.mirror) == 12  # an hour until the next pull
+        daemon.signal(signal.SIGUSR1)
+        daemon.wait_log("pull acme/vision: 1 runs new", timeout=10, after=mark)
+        assert _runs_in(daemon.mirror) == 13
+
+        engine = make_engine(upstream.db)
+        seed_project(engine, ENTITY, "audio", 4, 5, seed=9)
+        engine.dispose()
+        write_config(daemon.config, [PATH, f"{ENTITY}/audio"], interval=3600)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log("pull acme/audio: 4 runs new", timeout=15)
+        assert _runs_in(daemon.mirror, project="audio") == 4
+        assert set(job_rows(daemon.mirror)) >= {"pull:acme/vision", "pull:acme/audio", "push"}
+
+        daemon.config.write_text("[daemon\nbroken")  # a broken edit keeps the running jobs
+        mark = len(daemon.log())
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log("config not reloaded", timeout=10, after=mark)
+        assert daemon.alive()
+        assert "pull:acme/audio" in job_rows(daemon.mirror)
+        assert daemon.stop() == 0
+
+
+def test_a_second_daemon_and_a_sync_are_refused_while_one_runs(upstream, tmp_path):
+    with _daemon(tmp_path, upstream.url, [PATH]) as daemon:
+        daemon.wait_log("pull acme/vision")
+        second = subprocess.run(
+            daemon.command(), capture_output=True, text=True, env=daemon.env, timeout=30
+        )
+        assert second.returncode == 1
+        assert second.stderr.count("\n") == 1, second.stderr
+        assert f"pid {daemon.pid}" in second.stderr and "daemon" in second.stderr
+        sync = run_cli(["--db", str(daemon.mirror), "sync", PATH], daemon.env)
+        assert sync.returncode == 1 and f"kill -USR1 {daemon.pid}" in sync.stderr, sync.stderr
+        assert "Traceback" not in sync.stderr + second.stderr
+        status = run_cli(
+            ["--db", str(daemon.mirror), "--config", str(daemon.config), "status"], daemon.env
+        )
+        assert status.returncode == 0, status.stderr
+        assert f"daemon: running, wandb-mirror daemon (pid {daemon.pid}" in status.stdout
+        assert "next pull:" in status.stdout
+        assert daemon.alive()
+        assert daemon.stop() == 0
+    # once it is gone, the lock is free again and the file is still there
+    assert (tmp_path / "mirror.db.writer.lock").exists()
+    sync = run_cli(["--db", str(daemon.mirror), "sync", PATH], daemon.env)
+    assert sync.returncode == 0, sync.stderr
+
+
+def test_term_during_a_large_sync_stops_within_seconds_and_the_next_start_resumes(tmp_path):
+    db = seed_upstream(tmp_path / "upstream.db", runs_=120, steps=600)
+    with Upstream(db, tmp_path / "serve.log", ("--fault-latency-ms", "20")) as up:
+        daemon = _daemon(tmp_path, up.url, [PATH], interval=3600)
+        with daemon:
+            wait_for(lambda: _runs_in(daemon.mirror) >= 10, 60, "the first runs")
+            started = time.monotonic()
+            assert daemon.stop() == 0
+            took = time.monotonic() - started
+        assert took < 10, took
+        assert "stopped at a safe point" in daemon.log()
+        assert differences(db, daemon.mirror, ENTITY, PROJECT), "the sync was not cut short"
+        from sync_checks import integrity, step_problems
+
+        assert integrity(daemon.mirror) == "ok"
+        assert step_problems(daemon.mirror) == []
+        again = _daemon(tmp_path, up.url, [PATH], interval=3600)
+        with again:
+            again.wait_log("pull acme/vision:", timeout=120, after=len(daemon.log()))
+            assert differences(db, again.mirror, ENTITY, PROJECT) == []
+            assert again.stop() == 0
+
+
+def test_a_second_term_exits_at_once(tmp_path):
+    db = seed_upstream(tmp_path / "upstream.db", runs_=60, steps=300)
+    up = Upstream(db, tmp_path / "serve.log", ("--fault-latency-ms", "300"))
+    with up, _daemon(tmp_path, up.url, [PATH], interval=3600) as daemon:
+        daemon.wait_log("daemon started")
+        time.sleep(0.5)
+        daemon.signal(signal.SIGTERM)
+        daemon.wait_log("stopping at the next safe point")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=5) == 128 + signal.SIGTERM
+
+
+def test_the_daemon_survives_an_upstream_that_goes_away_and_catches_up(tmp_path):
+    db = seed_upstream(tmp_path / "upstream.db", runs_=8, steps=20)
+    server = ServerProcess(db, tmp_path / "serve.log", args=("--threads", "4"))
+    server.start()
+    with _daemon(tmp_path, server.url, [PATH]) as daemon:
+        daemon.wait_log("pull acme/vision: 8 runs new")
+        server.stop()
+        mark = len(daemon.log())
+        daemon.wait_log("pull:acme/vision failed (2 in a row)", timeout=30, after=mark)
+        status = run_cli(
+            ["--db", str(daemon.mirror), "--config", str(daemon.config), "status"], daemon.env
+        )
+        assert "last failure:" in status.stdout and "cannot reach" in status.stdout, status.stdout
+        assert daemon.alive()
+        engine = make_engine(db)
+        add_run(engine, ENTITY, PROJECT, "back1", 4)
+        engine.dispose()
+        server.start()  # the same port
+        daemon.wait_log("pull acme/vision: 1 runs new", timeout=30, after=mark)
+        assert differences(db, daemon.mirror, ENTITY, PROJECT) == []
+        assert job_rows(daemon.mirror)["pull:acme/vision"]["failures"] == 0
+        assert daemon.stop() == 0
+    server.stop()
+    assert KEY not in daemon.log()
+
+
+def test_a_sleep_through_many_runs_gives_one_catch_up_run_per_job(upstream, tmp_path):
+    with _daemon(tmp_path, upstream.url, [PATH], interval=2) as daemon:
+        daemon.wait_log("pull acme/vision: 12 runs new")
+        wait_for(lambda: job_runs(daemon.mirror, "push") >= 1, 10, "the first push run")
+        daemon.signal(signal.SIGSTOP)  # the laptop sleeps through five runs of each job
+        before = {job: job_runs(daemon.mirror, job) for job in ("pull:acme/vision", "push")}
+        time.sleep(10)
+        daemon.signal(signal.SIGCONT)
+        time.sleep(1.2)
+        after = {job: job_runs(daemon.mirror, job) for job in before}
+        for job in before:
+            # the catch-up run, and at most the next one on the 2 s grid; not five in a row
+            assert 1 <= after[job] - before[job] <= 2, (job, before, after)
+        assert daemon.stop() == 0
+
+
+def test_with_serve_enabled_it_serves_the_mirror_with_pending_edits(upstream, tmp_path):
+    port = free_port()
+    extra = f"\n[serve]\nenabled = true\nport = {port}\n"
+    with _daemon(tmp_path, upstream.url, [PATH], interval=3600, extra=extra) as daemon:
+        daemon.wait_log("pull acme/vision: 12 runs new")
+        daemon.wait_log("mirror role")
+        name = upstream.names()[0]
+        edit = run_cli(
+            ["--db", str(daemon.mirror), "edit", f"{PATH}/{name}", "--summary", "note=local"],
+            daemon.env,
+        )
+        assert edit.returncode == 0, edit.stderr
+        code = (
+            "import wandb, json; api = wandb.Api(timeout=20); "
+            f"runs = api.runs('{PATH}'); "
+            f"print(json.dumps([len(runs), api.run('{PATH}/{name}').summary.get('note')]))"
+        )
+        env = {
+            **daemon.env,
+            "WANDB_BASE_URL": f"http://127.0.0.1:{port}",
+            "WANDB_API_KEY": KEY,
+            "WANDB_MODE": "online",
+            "WANDB_SILENT": "true",
+        }
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip().splitlines()[-1] == '[12, "local"]'
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        assert daemon.stop() == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_scheduled_backups_run_and_status_names_the_last_one(upstream, tmp_path):
+    with _daemon(tmp_path, upstream.url, [PATH], interval=3600, backup="every 2s") as daemon:
+        daemon.wait_log("pull acme/vision: 12 runs new")
+        daemon.wait_log("backup: ", timeout=20)
+        status = run_cli(
+            ["--db", str(daemon.mirror), "--config", str(daemon.config), "status"], daemon.env
+        )
+        assert "last backup: " in status.stdout and "mirror-" in status.stdout, status.stdout
+        assert "backup: next " in status.stdout
+        assert daemon.stop() == 0
+    snapshots = sorted((tmp_path / "backups").glob("mirror-*.db"))
+    assert snapshots
+    verify = run_cli(["verify", str(snapshots[-1])], daemon.env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_bad_config_or_a_missing_key_is_one_line(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[daemon]\nreconcile = "every day"\n')
+    env = sync_env("http://127.0.0.1:9", tmp_path / "home")
+    out = run_cli(["--db", str(tmp_path / "m.db"), "--config", str(cfg), "daemon"], env)
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and "daemon.reconcile" in out.stderr, out.stderr
+    assert not (tmp_path / "m.db").exists()
+    del env["WANDB_API_KEY"]
+    write_config(cfg, [PATH], interval=3600)
+    with DaemonProcess(tmp_path / "m.db", cfg, env, tmp_path / "d.log") as daemon:
+        daemon.wait_log("pull:acme/vision failed", timeout=20)
+        assert "WANDB_API_KEY" in daemon.log() and "Traceback" not in daemon.log()
+        assert daemon.stop() == 0
+    assert os.path.exists(tmp_path / "m.db")
