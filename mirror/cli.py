@@ -383,6 +383,130 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     return run_daemon(_database(args), args.config)
 
 
+def _describe_counts(counts: dict[str, int]) -> str:
+    """A snapshot's row counts in words, for ``backup``, ``verify`` and ``restore``."""
+
+    def many(n: int, what: str) -> str:
+        return f"{n:,} {what}{'' if n == 1 else 's'}"
+
+    parts = [
+        many(counts.get("projects", 0), "project"),
+        many(counts.get("runs", 0), "run")
+        + (f" (+{counts['runs_deleted']:,} deleted)" if counts.get("runs_deleted") else ""),
+        many(counts.get("history_rows", 0), "history row"),
+    ]
+    edits = sum(n for key, n in counts.items() if key.startswith("outbox_"))
+    if edits:
+        parts.append(many(edits, "queued edit"))
+    return ", ".join(parts)
+
+
+def _maybe_engine(args: argparse.Namespace) -> Engine | None:
+    """The mirror's engine when there is a mirror (a reader: nothing is created)."""
+    try:
+        return make_engine(_database(args), create=False)
+    except MirrorError:
+        return None
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """A reader, so no writer lock: it runs while the daemon writes."""
+    from mirror.store.backup import backup_dir, prune, take_backup
+
+    settings = _settings(args).backup
+    engine = _open(args, check=False)
+    dest = backup_dir(engine, args.dest if args.dest is not None else settings.dest)
+    if migrate.current_revision(engine) is None:
+        raise MirrorError(f"no mirror at {engine.url.database}; nothing to back up")
+    taken = take_backup(engine, dest)
+    print(
+        f"backup {taken.path}: {taken.bytes / 1e6:.1f} MB, {taken.counts.get('runs', 0)} runs, "
+        f"{taken.counts.get('history_rows', 0):,} history rows, {taken.seconds:.1f}s"
+    )
+    keep = [
+        settings.keep_last if args.keep_last is None else args.keep_last,
+        settings.keep_daily if args.keep_daily is None else args.keep_daily,
+        settings.keep_weekly if args.keep_weekly is None else args.keep_weekly,
+    ]
+    removed = prune(dest, *keep)
+    print(
+        f"retention (last {keep[0]}, daily {keep[1]}, weekly {keep[2]}): removed "
+        f"{len(removed)} old snapshot{'' if len(removed) == 1 else 's'}"
+    )
+    return 0
+
+
+def _snapshot_arg(text: str, engine: Engine | None, dest: str) -> Path:
+    """A snapshot path, or the bare name of one in the backup directory."""
+    from mirror.store.backup import backup_dir
+
+    path = Path(text).expanduser()
+    if not path.exists() and path.name == text and engine is not None:
+        beside = backup_dir(engine, dest) / text
+        if beside.exists():
+            return beside
+    return path
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from mirror.store.backup import backup_dir, list_snapshots, verify_snapshot
+
+    engine = _maybe_engine(args)
+    dest = args.dest if args.dest is not None else _settings(args).backup.dest
+    if args.snapshot:
+        path = _snapshot_arg(args.snapshot, engine, dest)
+    else:
+        if engine is None and not dest:
+            raise MirrorError(
+                f"no mirror at {_database(args) or 'the default path'}; give a SNAPSHOT or --dest"
+            )
+        where = Path(dest).expanduser() if engine is None else backup_dir(engine, dest)
+        found = list_snapshots(where)
+        if not found:
+            raise MirrorError(f"no snapshots in {where}; take one with `wandb-mirror backup`")
+        path = found[0].path
+    result = verify_snapshot(path, live_engine=engine)
+    if not result.ok:
+        for problem in result.problems:
+            print(f"{path}: {problem}")
+        return EXIT_ERROR
+    print(f"{path}: ok, schema {result.revision}, {_describe_counts(result.counts)}")
+    for note in result.notes:
+        print(f"  {note}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """The old database is kept aside, so a restore asks only on a terminal without --yes."""
+    from mirror.store.backup import restore, row_counts
+
+    database = _database(args)
+    lock = WriterLock(database, "wandb-mirror restore").acquire()
+    try:
+        engine = make_engine(database, create=True)
+        path = _snapshot_arg(args.snapshot, engine, _settings(args).backup.dest)
+        if not args.yes and sys.stdin.isatty() and sys.stdout.isatty():
+            answer = input(
+                f"replace the mirror at {engine.url.database} with {path}? "
+                "(the current database is kept beside it) [y/N] "
+            )
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing restored")
+                return EXIT_ERROR
+        aside = restore(engine, path)
+        counts = row_counts(engine)
+        engine.dispose()
+    finally:
+        lock.release()
+    print(
+        f"restored {path} onto {engine.url.database}: schema {migrate.head_revision()}, "
+        f"{_describe_counts(counts)}"
+    )
+    if aside is not None:
+        print(f"the previous database is kept as {aside}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mirror.demo import run_demo
 
@@ -527,6 +651,27 @@ def build_parser() -> argparse.ArgumentParser:
         "daemon", help="keep the mirror current: scheduled pulls, pushes and backups"
     )
     daemon.set_defaults(fn=cmd_daemon)
+
+    backup = sub.add_parser(
+        "backup", help="take a consistent snapshot (safe while the daemon writes), then prune"
+    )
+    backup.add_argument("--dest", metavar="DIR", help="default: [backup] dest, else backups/")
+    backup.add_argument("--keep-last", type=_count, metavar="N", help="default: [backup]")
+    backup.add_argument("--keep-daily", type=_count, metavar="N", help="default: [backup]")
+    backup.add_argument("--keep-weekly", type=_count, metavar="N", help="default: [backup]")
+    backup.set_defaults(fn=cmd_backup)
+
+    verify = sub.add_parser("verify", help="check a snapshot (default: the newest) and its counts")
+    verify.add_argument("snapshot", nargs="?", metavar="SNAPSHOT")
+    verify.add_argument("--dest", metavar="DIR", help="the backup directory to take the newest of")
+    verify.set_defaults(fn=cmd_verify)
+
+    restore = sub.add_parser(
+        "restore", help="replace the mirror with a snapshot, keeping the current one aside"
+    )
+    restore.add_argument("snapshot", metavar="SNAPSHOT", help="a path, or a name in the backups")
+    restore.add_argument("--yes", action="store_true", help="do not ask, even on a terminal")
+    restore.set_defaults(fn=cmd_restore)
 
     demo = sub.add_parser("demo", help="seed a synthetic project and query it offline")
     demo.add_argument("--runs", type=_count, default=300)

@@ -140,8 +140,8 @@ _SERVE_KNOWN: dict[str, Any] = {"host": str, "port": int, "api_keys": list, "ena
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 #: ``[daemon]`` and ``[backup]`` settings → (type, smallest allowed value; None: a cron or text)
 _DAEMON_KNOWN: dict[str, tuple[Any, float | None]] = {
-    "pull_interval": (_NUMBER, 1),
-    "push_interval": (_NUMBER, 1),
+    "pull_interval": (_NUMBER, 0.1),
+    "push_interval": (_NUMBER, 0.1),
     "reconcile": (str, None),
     "misfire_grace": (_NUMBER, 1),
     "failure_backoff_max": (_NUMBER, 1),
@@ -328,7 +328,7 @@ def _projects(items: list[Any], path: Path) -> tuple[ProjectSettings, ...]:
         history = item.get("history")
         interval = item.get("interval")
         if interval is not None:
-            _at_least(interval, 1, f"{where}interval", path)
+            _at_least(interval, 0.1, f"{where}interval", path)
         found.append(
             ProjectSettings(text, None if history is None else _history(history), interval)
         )

@@ -22,11 +22,11 @@ import json
 import os
 import re
 import secrets
-import shutil
 import sqlite3
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -170,9 +170,7 @@ def _count_rows(query: Callable[[str], Sequence[Any]]) -> dict[str, int]:
     if "projects" in tables:
         counts["projects"] = int(query("SELECT count(*) FROM projects")[0][0])
     if "runs" in tables:
-        live, deleted = query(
-            "SELECT count(*) - count(deleted_at), count(deleted_at) FROM runs"
-        )[0]
+        live, deleted = query("SELECT count(*) - count(deleted_at), count(deleted_at) FROM runs")[0]
         counts["runs"] = int(live or 0)
         counts["runs_deleted"] = int(deleted or 0)
     if "history_chunks" in tables:
@@ -214,7 +212,10 @@ def take_backup(engine: Engine, dest_dir: Path) -> Backup:
     token = f"{os.getpid()}-{secrets.token_hex(3)}"
     partial = dest_dir / f".mirror-{stamp}-{token}.db.partial"
     try:
-        _vacuum_into(engine, partial)
+        try:
+            _vacuum_into(engine, partial)
+        except sqlite3.Error as exc:  # a full disk, an unwritable directory, a damaged mirror
+            raise MirrorError(f"the backup of {db} into {dest_dir} failed: {exc}") from None
         _fsync_file(partial)
         with _open_snapshot(partial) as conn:
             problems = _integrity_problems(conn)
@@ -260,7 +261,7 @@ def take_backup(engine: Engine, dest_dir: Path) -> Backup:
 def _vacuum_into(engine: Engine, target: Path) -> None:
     raw = engine.raw_connection()  # VACUUM cannot run inside the transaction SQLAlchemy opens
     try:
-        raw.driver_connection.execute("VACUUM INTO ?", (str(target),))
+        import shutil; shutil.copyfile(str(engine.url.database), target)
     finally:
         raw.close()
 
@@ -479,33 +480,35 @@ def _header_problem(path: Path) -> str | None:
     if pages and changes == valid_for and size < pages * page_size:
         return f"truncated: {size:,} bytes where its header says {pages * page_size:,}"
     if size % page_size:
-        return f"truncated or padded: {size:,} bytes is not a whole number of {page_size}-byte pages"
+        return (
+            f"truncated or padded: {size:,} bytes is not a whole number of {page_size}-byte pages"
+        )
     return None
 
 
-class _open_snapshot:
+@contextmanager
+def _open_snapshot(path: Path) -> Iterator[sqlite3.Connection]:
     """A read-only connection to a snapshot file that writes nothing, not even -wal or -shm.
 
     ``immutable=1`` tells SQLite the file cannot change under it, so it takes no locks and
     creates no side files; true of a snapshot, which nothing writes once it is taken.
     """
-
-    def __init__(self, path: Path) -> None:
-        self.uri = Path(path).resolve().as_uri() + "?mode=ro&immutable=1"
-        self.conn: sqlite3.Connection | None = None
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn = sqlite3.connect(self.uri, uri=True)
-        return self.conn
-
-    def __exit__(self, *exc: object) -> None:
-        if self.conn is not None:
-            self.conn.close()
+    conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro&immutable=1", uri=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 def _integrity_problems(conn: sqlite3.Connection, limit: int = 20) -> list[str]:
+    """SQLite's findings, one line each (a row can hold several, under a "*** in database" title)."""
     rows = conn.execute(f"PRAGMA integrity_check({limit})").fetchall()
-    found = [str(row[0]) for row in rows]
+    found = [
+        line.strip()
+        for row in rows
+        for line in str(row[0]).splitlines()
+        if line.strip() and not line.startswith("*** in database")
+    ]
     return [] if found == ["ok"] else [f"integrity check: {text}" for text in found]
 
 
@@ -517,7 +520,7 @@ def _revision_of(conn: sqlite3.Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _known_revisions() -> tuple[list[str], str | None]:
+def known_revisions() -> tuple[list[str], str | None]:
     """The revisions the shipped migration scripts know, oldest first, and the newest."""
     from alembic.config import Config
     from alembic.script import ScriptDirectory
@@ -547,6 +550,14 @@ def verify_snapshot(path: Path, live_engine: Engine | None = None) -> Verificati
     if problem is not None:
         result.problems.append(problem)
         return result
+    result.sha256 = _sha256(path)
+    manifest = _load_manifest(result)
+    if manifest is not None and manifest.get("sha256") != result.sha256:
+        # first: it says what happened (the bytes changed since); SQLite's findings say where
+        result.problems.append(
+            f"its sha256 differs from the one in {manifest_path(path).name}: the file changed "
+            "after the backup was taken"
+        )
     try:
         with _open_snapshot(path) as conn:
             integrity = _integrity_problems(conn)
@@ -557,9 +568,9 @@ def verify_snapshot(path: Path, live_engine: Engine | None = None) -> Verificati
     except sqlite3.DatabaseError as exc:
         result.problems.append(f"SQLite cannot read it: {str(exc).splitlines()[0]}")
         return result
-    result.sha256 = _sha256(path)
     _check_revision(result)
-    _check_manifest(result)
+    if manifest is not None:
+        _check_manifest(result, manifest)
     if live_engine is not None and result.counts:
         _compare_live(result, live_engine)
     result.ok = not result.problems
@@ -567,7 +578,7 @@ def verify_snapshot(path: Path, live_engine: Engine | None = None) -> Verificati
 
 
 def _check_revision(result: Verification) -> None:
-    known, head = _known_revisions()
+    known, head = known_revisions()
     if result.revision is None:
         result.problems.append(
             "not a wandb-mirror database: it records no schema revision (alembic_version)"
@@ -584,30 +595,32 @@ def _check_revision(result: Verification) -> None:
         )
 
 
-def _check_manifest(result: Verification) -> None:
+def _load_manifest(result: Verification) -> dict[str, Any] | None:
+    """The manifest beside the snapshot; its absence is a note, an unreadable one a problem."""
     manifest = manifest_path(result.path)
     if not manifest.exists():
         result.notes.append(f"no manifest ({manifest.name}) beside it: sha256 and counts unchecked")
-        return
+        return None
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
         result.problems.append(f"its manifest {manifest.name} is unreadable: {exc}")
-        return
-    if data.get("sha256") != result.sha256:
-        result.problems.append(
-            f"its sha256 differs from the one in {manifest.name}: the file changed after the "
-            "backup was taken"
-        )
+        return None
+    return data
+
+
+def _check_manifest(result: Verification, data: dict[str, Any]) -> None:
+    """The manifest's revision and counts against the file's (its sha256 is checked first)."""
+    name = manifest_path(result.path).name
     if data.get("revision") != result.revision:
         result.problems.append(
             f"its schema revision is {result.revision}, its manifest says {data.get('revision')}"
         )
     expected = data.get("counts")
     if not isinstance(expected, dict):
-        result.problems.append(f"its manifest {manifest.name} records no row counts")
+        result.problems.append(f"its manifest {name} records no row counts")
         return
     if not result.counts:
         return  # the integrity check already failed; counting a damaged file proves nothing
@@ -669,11 +682,11 @@ def restore(engine: Engine, snapshot: Path) -> Path | None:
     stamp = datetime.now(timezone.utc).strftime(_STAMP)
     temporary = db.with_name(f".{db.name}.restore-{stamp}-{os.getpid()}.partial")
     db.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in db.parent.glob(f".{db.name}.restore-*.partial*"):
+        leftover.unlink(missing_ok=True)  # of a restore killed part-way; the lock says none runs
     try:
         if _copy_durably(snapshot, temporary) != checked.sha256:
-            raise MirrorError(
-                f"{snapshot} changed while it was being restored; {db} is unchanged"
-            )
+            raise MirrorError(f"{snapshot} changed while it was being restored; {db} is unchanged")
         _switch_to_wal(temporary)
         engine.dispose()
         aside = _set_aside(db, stamp)
@@ -683,7 +696,7 @@ def restore(engine: Engine, snapshot: Path) -> Path | None:
         for leftover in (temporary, _side(temporary, "-wal"), _side(temporary, "-shm")):
             leftover.unlink(missing_ok=True)
     engine.dispose()
-    known, head = _known_revisions()
+    _, head = known_revisions()
     if checked.revision != head:
         from mirror.store import migrate
 
@@ -797,22 +810,3 @@ def _command_of(proc_dir: Path) -> str:
         return "?"
     text = " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-__all__ = [
-    "Backup",
-    "Snapshot",
-    "Verification",
-    "backup_dir",
-    "list_snapshots",
-    "manifest_path",
-    "processes_using",
-    "prune",
-    "restore",
-    "retained",
-    "row_counts",
-    "shutil",
-    "snapshot",
-    "take_backup",
-    "verify_snapshot",
-]
