@@ -33,8 +33,8 @@ lag_window = 0
 pull_interval = {interval}
 push_interval = {interval}
 failure_backoff_max = 2
-reconcile = ""
-
+reconcile = "{reconcile}"
+{daemon_extra}
 [backup]
 schedule = "{backup}"
 """
@@ -46,9 +46,15 @@ def write_config(
     interval: float = 1,
     backup: str = "",
     extra: str = "",
+    reconcile: str = "",
+    daemon_extra: str = "",
 ) -> Path:
-    """A daemon config for ``projects`` with the test's fast settings."""
-    text = FAST.format(interval=interval, backup=backup) + extra
+    """A daemon config for ``projects`` with the test's fast settings; ``daemon_extra`` goes
+    into its ``[daemon]`` table, ``extra`` after its ``[backup]`` table."""
+    text = FAST.format(
+        interval=interval, backup=backup, reconcile=reconcile, daemon_extra=daemon_extra
+    )
+    text += extra
     for project in projects:
         text += f'\n[[project]]\npath = "{project}"\n'
     path.write_text(text)

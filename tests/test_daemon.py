@@ -252,10 +252,16 @@ def test_with_serve_enabled_it_serves_the_mirror_with_pending_edits(upstream, tm
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
 
 
-def test_scheduled_backups_run_and_status_names_the_last_one(upstream, tmp_path):
-    with _daemon(tmp_path, upstream.url, [PATH], interval=3600, backup="every 2s") as daemon:
+def test_scheduled_backups_and_exports_run_and_status_names_the_last_backup(upstream, tmp_path):
+    extra = 'export_schedule = "every 2s"\n'
+    with _daemon(
+        tmp_path, upstream.url, [PATH], interval=3600, backup="every 2s", extra=extra
+    ) as daemon:
         daemon.wait_log("pull acme/vision: 12 runs new")
         daemon.wait_log("backup: ", timeout=20)
+        daemon.wait_log("export: ", timeout=20)
+        exported = tmp_path / "exports" / ENTITY / PROJECT / "runs.jsonl"
+        assert len(exported.read_text().splitlines()) == 12
         status = run_cli(
             ["--db", str(daemon.mirror), "--config", str(daemon.config), "status"], daemon.env
         )
@@ -283,3 +289,32 @@ def test_a_bad_config_or_a_missing_key_is_one_line(tmp_path):
         assert "WANDB_API_KEY" in daemon.log() and "Traceback" not in daemon.log()
         assert daemon.stop() == 0
     assert os.path.exists(tmp_path / "m.db")
+
+
+def test_the_scheduled_reconcile_catches_a_change_the_listing_does_not_show(upstream, tmp_path):
+    with _daemon(tmp_path, upstream.url, [PATH], interval=3600, reconcile="every 3s") as daemon:
+        daemon.wait_log("pull acme/vision: 12 runs new")
+        name = upstream.names()[0]
+        engine = make_engine(upstream.db)
+        with engine.begin() as conn:  # as a W&B UI edit the API's listing has not caught up with
+            conn.execute(
+                runs.update().where(runs.c.name == name).values(config='{"hidden": {"value": 1}}')
+            )
+        engine.dispose()
+        mark = len(daemon.log())
+        daemon.wait_log("reconcile: ", timeout=20, after=mark)
+        assert differences(upstream.db, daemon.mirror, ENTITY, PROJECT) == []
+        assert daemon.stop() == 0
+
+
+def test_the_log_goes_to_a_rotating_file_when_configured(upstream, tmp_path):
+    logfile = tmp_path / "logs" / "daemon.log"
+    logging = f'log_file = "{logfile}"\nlog_max_bytes = 2000\nlog_backups = 2\n'
+    with _daemon(tmp_path, upstream.url, [PATH], interval=0.2, daemon_extra=logging) as daemon:
+        wait_for(lambda: (tmp_path / "logs" / "daemon.log.2").exists(), 30, "two rotations")
+        assert daemon.stop() == 0
+    assert "pull acme/vision" in logfile.read_text() + (tmp_path / "logs/daemon.log.1").read_text()
+    assert not (tmp_path / "logs" / "daemon.log.3").exists()
+    assert "pull acme/vision" not in daemon.log()  # not on stderr as well
+    for f in (tmp_path / "logs").iterdir():
+        assert KEY not in f.read_text()
