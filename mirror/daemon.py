@@ -41,19 +41,17 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Engine, func
-from sqlalchemy import select as sql_select
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from mirror import logs
 from mirror.config import Settings, load_settings, parse_schedule
 from mirror.errors import MirrorError
 from mirror.remote.auth import resolve_credentials
 from mirror.remote.client import Interrupted
-from mirror.store import jobs, migrate
+from mirror.store import jobs, migrate, outbox
 from mirror.store.engine import make_engine, write_transaction
 from mirror.store.lock import WriterLock
-from mirror.store.models import outbox
-from mirror.store.outbox import CONFLICT, FAILED, PENDING, WAITING
 from mirror.sync.cycle import Outcome, Target, make_client, run_cycle, targets
 
 log = logging.getLogger("mirror.daemon")
@@ -240,11 +238,11 @@ class Daemon:
         if signum in (signal.SIGTERM, signal.SIGINT):
             if self._stop_signalled:
                 os._exit(128 + signum)
-            self._stop_signalled = True
-            self.stopping.set()  # nothing in the main thread ever holds this event's lock
+            self._stop_signalled = True  # the main loop sees it and sets ``stopping``
 
     def _act(self, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
+            self.stopping.set()
             log.info(
                 "%s: stopping at the next safe point (send it again to exit at once)",
                 signal.Signals(signum).name,
@@ -336,16 +334,18 @@ class Daemon:
             "backup": self._backup,
             "export": self._export,
         }
-        with write_transaction(self._engine()) as conn:
-            jobs.job_started(conn, job_id)
         started = time.perf_counter()
         try:
+            with write_transaction(self._engine()) as conn:
+                jobs.job_started(conn, job_id)
             summary, error = work[spec.kind](spec)
         except Interrupted:
             log.info("%s: stopped at a safe point; the next start resumes it", job_id)
             return
         except MirrorError as exc:
             summary, error = None, str(exc)
+        except SQLAlchemyError as exc:  # a full disk, a database locked for too long
+            summary, error = None, "database error: " + str(getattr(exc, "orig", exc) or exc)
         except Exception as exc:  # a bug must not end the daemon: log it whole, go on
             log.exception("%s: internal error", job_id)
             summary, error = None, f"internal error: {type(exc).__name__}: {exc}"
@@ -396,13 +396,8 @@ class Daemon:
         return report.line(), report.error
 
     def _push(self, _spec: JobSpec) -> tuple[str | None, str | None]:
-        statuses = [PENDING, WAITING, FAILED]
-        if self.settings.push.policy != "abort":
-            statuses.append(CONFLICT)  # a policy that settles conflicts has work in them
         with self._engine().connect() as conn:
-            waiting = conn.execute(
-                sql_select(func.count()).where(outbox.c.status.in_(statuses))
-            ).scalar_one()
+            waiting = outbox.pushable(conn, self.settings.push.policy != "abort")
         if not waiting:
             return None, None  # nothing queued: no request at all
         outcomes = self._cycle(self._targets(), pull=False)

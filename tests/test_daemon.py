@@ -318,3 +318,20 @@ def test_the_log_goes_to_a_rotating_file_when_configured(upstream, tmp_path):
     assert "pull acme/vision" not in daemon.log()  # not on stderr as well
     for f in (tmp_path / "logs").iterdir():
         assert KEY not in f.read_text()
+
+
+def test_edits_queued_while_it_runs_are_pushed_on_schedule(upstream, tmp_path):
+    from mirror.store.fields import loads
+
+    with _daemon(tmp_path, upstream.url, [PATH], interval=1) as daemon:
+        daemon.wait_log("pull acme/vision: 12 runs new")
+        name = upstream.names()[3]
+        edit = run_cli(
+            ["--db", str(daemon.mirror), "edit", f"{PATH}/{name}", "--summary", "best=0.5"],
+            daemon.env,
+        )
+        assert edit.returncode == 0, edit.stderr
+        daemon.wait_log("push: acme/vision: 1 edits pushed", timeout=20)
+        summary = upstream._read(select(runs.c.summary_metrics).where(runs.c.name == name))[0]
+        assert loads(summary)["best"] == 0.5
+        assert daemon.stop() == 0

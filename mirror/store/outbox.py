@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, delete, insert, select, update
+from sqlalchemy import Connection, RowMapping, delete, func, insert, select, update
 
 from mirror.errors import MirrorError
 from mirror.store.fields import dumps, loads
@@ -148,6 +148,13 @@ class OpenEdit:
             last_error=row["last_error"],
             updated_at=row["updated_at"],
         )
+
+
+def pushable(conn: Connection, with_conflicts: bool) -> int:
+    """How many edits a push would try (conflicts only under a policy that settles them)."""
+    statuses = [PENDING, WAITING, FAILED] + ([CONFLICT] if with_conflicts else [])
+    query = select(func.count()).select_from(outbox).where(outbox.c.status.in_(statuses))
+    return int(conn.execute(query).scalar_one())
 
 
 def open_edits(conn: Connection, run_ids: Iterable[int]) -> dict[int, list[OpenEdit]]:
