@@ -273,6 +273,19 @@ def test_restore_upgrades_a_snapshot_of_an_older_schema(tmp_path: Path) -> None:
     assert len(listed.stdout.splitlines()) == 5
 
 
+def test_restore_over_a_damaged_mirror_keeps_the_damaged_file(
+    mirror_db: Path, tmp_path: Path
+) -> None:
+    good = one_backup(mirror_db, tmp_path / "good")
+    damaged = b"SQLite format 3\x00" + os.urandom(20_000)  # the header, then garbage
+    mirror_db.write_bytes(damaged)
+    result = cli(mirror_db, "restore", str(good), env=cli_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    aside = Path(result.stdout.strip().splitlines()[-1].split(" kept as ")[1])
+    assert aside.read_bytes() == damaged
+    assert len(Api(database=str(mirror_db)).runs(PATH)) == SEEDED_RUNS
+
+
 # --- retention ------------------------------------------------------------------------------
 
 NOW = datetime(2025, 3, 12, 12, 0, tzinfo=timezone.utc)  # a Wednesday, ISO week 2025-W11

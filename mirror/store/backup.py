@@ -261,7 +261,7 @@ def take_backup(engine: Engine, dest_dir: Path) -> Backup:
 def _vacuum_into(engine: Engine, target: Path) -> None:
     raw = engine.raw_connection()  # VACUUM cannot run inside the transaction SQLAlchemy opens
     try:
-        import shutil; shutil.copyfile(str(engine.url.database), target)
+        raw.driver_connection.execute("VACUUM INTO ?", (str(target),))
     finally:
         raw.close()
 
@@ -444,10 +444,6 @@ def _sweep_leftovers(dest_dir: Path) -> None:
 
 
 # --- verification -------------------------------------------------------------------------------
-
-
-class _Unreadable(Exception):
-    """The file is not a readable SQLite database; the message says why, in one line."""
 
 
 def _header_problem(path: Path) -> str | None:
@@ -745,13 +741,22 @@ def _set_aside(db: Path, stamp: str) -> Path | None:
             f"{'; '.join(others)} {'has' if len(others) == 1 else 'have'} the mirror open; stop "
             f"{'it' if len(others) == 1 else 'them'} and restore again ({db} is unchanged)"
         )
-    conn = sqlite3.connect(db, timeout=30)
-    try:
-        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    finally:
-        conn.close()
     wal = _side(db, "-wal")
-    if busy or (wal.exists() and wal.stat().st_size):
+    try:
+        conn = sqlite3.connect(db, timeout=30)
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise MirrorError(f"cannot open {db} to empty its WAL: {exc}") from None
+        busy = 1
+    except sqlite3.DatabaseError:
+        # the current database is damaged (the usual reason to restore): it is kept aside as
+        # it is, its WAL moved along with it, and nothing of it is applied to the new file
+        busy, wal = 0, None
+    if busy or (wal is not None and wal.exists() and wal.stat().st_size):
         raise MirrorError(
             f"the mirror's WAL ({wal}) cannot be emptied: another process is reading or "
             "writing it (a `serve`, a notebook using mirror.Api, a `wandb-mirror` command); "
