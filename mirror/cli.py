@@ -75,8 +75,15 @@ def _progress(total: int, label: str) -> Any:
     return update
 
 
+def _writer_lock(args: argparse.Namespace) -> WriterLock:
+    """The mirror's one-writer lock for this command: refused while the daemon (or another
+    writing command) runs, with one line naming it."""
+    return WriterLock(_database(args), f"wandb-mirror {args.command}")
+
+
 def cmd_init(args: argparse.Namespace) -> int:
-    engine = _open_for_writing(args)
+    with _writer_lock(args):
+        engine = _open_for_writing(args)
     print(f"mirror ready at {engine.url} (schema {migrate.current_revision(engine)})")
     return 0
 
@@ -108,16 +115,16 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from mirror.synth import seed_project
 
     entity, project = project_path(args.path, _settings(args).entity)
-    engine = _open_for_writing(args)
-    count = seed_project(
-        engine,
-        entity,
-        project,
-        args.runs,
-        args.steps,
-        seed=args.seed,
-        progress=_progress(args.runs, f"seeding {entity}/{project}"),
-    )
+    with _writer_lock(args):
+        count = seed_project(
+            _open_for_writing(args),
+            entity,
+            project,
+            args.runs,
+            args.steps,
+            seed=args.seed,
+            progress=_progress(args.runs, f"seeding {entity}/{project}"),
+        )
     print(f"seeded {count} runs with {args.steps} steps each into {entity}/{project}")
     return 0
 
@@ -222,7 +229,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from mirror.exchange import check_source, import_dir
 
     source = check_source(args.directory)  # before the database: a bad path creates nothing
-    print(import_dir(_open_for_writing(args), source))
+    with _writer_lock(args):
+        print(import_dir(_open_for_writing(args), source))
     return 0
 
 
@@ -246,7 +254,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     wanted = targets(settings, args.paths, no_history=getattr(args, "no_history", False))
     client = make_client(settings)
     progress = BarProgress() if sys.stderr.isatty() else None
-    lock = WriterLock(_database(args), f"wandb-mirror {args.command}")
+    lock = _writer_lock(args)
 
     def open_locked() -> Engine:
         """The daemon, or another sync, may be writing: one writer per mirror."""

@@ -71,14 +71,13 @@ def write_status(engine: Engine, settings: Settings, out: TextIO) -> None:
     """The mirror's state in a few lines per project, then the database and its backups."""
     now = datetime.now(timezone.utc)
     path = sqlite_path(str(engine.url))
-    holder = current_holder(engine) if path is not None else None
-    if path is not None:
-        print(
-            f"daemon: running, {holder.describe()}"
-            if holder
-            else "daemon: not running (`wandb-mirror daemon` keeps the mirror current)",
-            file=out,
-        )
+    holder = current_holder(engine)
+    print(
+        f"daemon: running, {holder.describe()}"
+        if holder
+        else "daemon: not running (`wandb-mirror daemon` keeps the mirror current)",
+        file=out,
+    )
     with engine.connect() as conn:
         statuses = project_statuses(conn)
         records = {r.id: r for r in job_records(conn)} if holder else {}

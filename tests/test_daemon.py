@@ -209,7 +209,9 @@ def test_a_sleep_through_many_runs_gives_one_catch_up_run_per_job(upstream, tmp_
         before = {job: job_runs(daemon.mirror, job) for job in ("pull:acme/vision", "push")}
         time.sleep(10)
         daemon.signal(signal.SIGCONT)
-        time.sleep(1.2)
+        for job in before:
+            wait_for(lambda j=job: job_runs(daemon.mirror, j) > before[j], 20, f"{job} to run")
+        time.sleep(1.0)
         after = {job: job_runs(daemon.mirror, job) for job in before}
         for job in before:
             # the catch-up run, and at most the next one on the 2 s grid; not five in a row

@@ -1,11 +1,15 @@
 """One writer per mirror: the lock the daemon holds for its lifetime, and writing commands briefly.
 
-The lock is an ``flock`` on ``<database>.writer.lock``. The kernel drops it when the holder exits,
-however it exits, so there is never a stale lock to clean up and the file is never deleted (a
-deleted lock file lets two processes each lock their own inode). The holder writes who it is
-into the file after locking it, so a refused process can name the holder; that text is only
-ever informative, never what decides. ``filelock`` is not used here: it truncates the file on
-open, which would erase the holder's name whenever somebody else tries the lock.
+On SQLite the lock is an ``flock`` on ``<database>.writer.lock``. The kernel drops it when the
+holder exits, however it exits, so there is never a stale lock to clean up, and the file is never
+deleted (a deleted lock file lets two processes each lock their own inode). The holder writes who
+it is into the file after locking it, so a refused process can name the holder; that text only
+informs, it never decides. ``filelock`` is not used here: it truncates the file on open, which
+would erase the holder's name whenever somebody else tries the lock.
+
+On PostgreSQL, where other hosts cannot see a file lock, it is a session advisory lock held by
+a connection of its own, whose ``application_name`` names the holder; the server drops the lock
+when that connection ends, however the holder ends.
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from mirror.errors import MirrorError
 from mirror.store.engine import database_url, sqlite_path
 
 _PROBE_GRACE_S = 0.5
+#: the PostgreSQL advisory lock key of the writer lock (any constant; "wmw" in ASCII)
+PG_WRITER_KEY = 0x776D77
+_APP_TAG = "wm-writer"  # application_name "wm-writer|PID|HOST|COMMAND", cut at 63 bytes
 
 
 class LockHeld(MirrorError):
@@ -33,7 +41,7 @@ class LockHeld(MirrorError):
 
 @dataclass(frozen=True)
 class Holder:
-    """Who holds a writer lock, as it wrote itself into the lock file."""
+    """Who holds a writer lock, as it described itself."""
 
     pid: int | None
     host: str
@@ -46,24 +54,20 @@ class Holder:
             f"{self.command or 'a wandb-mirror process'} ({pid} on {self.host}, since {self.since})"
         )
 
-
-def lock_path(database: Engine | str) -> Path:
-    """The lock file beside an SQLite mirror; other databases get theirs with the team mirror."""
-    url = str(database.url) if isinstance(database, Engine) else database_url(database)
-    path = sqlite_path(url)
-    if path is None:
-        raise MirrorError(
-            f"the one-writer lock needs an SQLite mirror; {make_url(url).get_backend_name()} is "
-            "not supported by the daemon, sync, push or restore yet"
+    def as_json(self) -> str:
+        return json.dumps(
+            {"pid": self.pid, "host": self.host, "command": self.command, "since": self.since}
         )
-    return path.with_name(path.name + ".writer.lock")
 
 
-def read_holder(path: Path) -> Holder | None:
-    """What the lock file says about its holder (``None``: unreadable or never written)."""
+def _me(command: str) -> Holder:
+    return Holder(os.getpid(), socket.gethostname(), command, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+
+def _parse_holder(text_: str) -> Holder | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8") or "null")
-    except (OSError, ValueError):
+        data = json.loads(text_ or "null")
+    except ValueError:
         return None
     if not isinstance(data, dict):
         return None
@@ -76,64 +80,35 @@ def read_holder(path: Path) -> Holder | None:
     )
 
 
-class WriterLock:
-    """The writer lock of one mirror; ``acquire()`` once, ``release()`` (or exit) to give it up."""
-
-    def __init__(self, database: Engine | str, command: str) -> None:
-        self.path = lock_path(database)
-        self.command = command
-        self._fd: int | None = None
-
-    def acquire(self) -> WriterLock:
-        """Take the lock or raise ``LockHeld`` naming the holder.
-
-        It waits only a moment, for a ``status`` that is probing the lock at that instant.
-        """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + _PROBE_GRACE_S
-        while not _try_flock(fd, fcntl.LOCK_EX):
-            if time.monotonic() < deadline:
-                time.sleep(0.02)
-                continue
-            os.close(fd)
-            holder = read_holder(self.path)
-            who = holder.describe() if holder else "another process"
-            database = self.path.name.removesuffix(".writer.lock")
-            raise LockHeld(
-                f"{who} is writing to {self.path.with_name(database)}; " + _advice(holder)
-            )
-        me = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "command": self.command,
-            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        """Give the lock up; the file stays, emptied, for the next holder."""
-        if self._fd is None:
-            return
-        os.ftruncate(self._fd, 0)
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
-
-    def __enter__(self) -> WriterLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+def _url(database: Engine | str | None) -> str:
+    if isinstance(database, Engine):
+        return database.url.render_as_string(hide_password=False)
+    return database_url(database)
 
 
-def _advice(holder: Holder | None) -> str:
+def lock_path(database: Engine | str | None) -> Path:
+    """The lock file beside an SQLite mirror."""
+    path = sqlite_path(_url(database))
+    if path is None:
+        raise MirrorError("only an SQLite mirror has a lock file")
+    return path.with_name(path.name + ".writer.lock")
+
+
+def read_holder(path: Path) -> Holder | None:
+    """What the lock file says about its holder (``None``: unreadable or never written)."""
+    try:
+        return _parse_holder(path.read_text(encoding="utf-8"))
+    except OSError:
+        return None
+
+
+def _refusal(holder: Holder | None, where: str) -> LockHeld:
+    who = holder.describe() if holder else "another process"
     if holder is not None and holder.command.startswith("wandb-mirror daemon"):
-        return f"the daemon syncs on its schedule; `kill -USR1 {holder.pid}` makes it pull now"
-    return "wait for it to finish, then try again"
+        advice = f"the daemon syncs on its schedule; `kill -USR1 {holder.pid}` makes it pull now"
+    else:
+        advice = "wait for it to finish, then try again"
+    return LockHeld(f"{who} is writing to {where}; {advice}")
 
 
 def _try_flock(fd: int, kind: int) -> bool:
@@ -144,12 +119,115 @@ def _try_flock(fd: int, kind: int) -> bool:
     return True
 
 
-def current_holder(database: Engine | str) -> Holder | None:
+class WriterLock:
+    """The writer lock of one mirror; ``acquire()`` once, ``release()`` (or exit) to give it up."""
+
+    def __init__(self, database: Engine | str | None, command: str) -> None:
+        self.url = _url(database)
+        self.command = command
+        backend = make_url(self.url).get_backend_name()
+        if backend not in ("sqlite", "postgresql") or (
+            backend == "sqlite" and sqlite_path(self.url) is None
+        ):
+            raise MirrorError(
+                f"the one-writer lock needs an SQLite file or PostgreSQL, not {backend}"
+            )
+        self._fd: int | None = None
+        self._conn: Connection | None = None
+
+    def acquire(self) -> WriterLock:
+        """Take the lock or raise ``LockHeld`` naming the holder.
+
+        It waits only a moment, for a ``status`` that is probing the lock at that instant.
+        """
+        if sqlite_path(self.url) is not None:
+            self._acquire_file()
+        else:
+            self._acquire_advisory()
+        return self
+
+    def _acquire_file(self) -> None:
+        path = lock_path(self.url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + _PROBE_GRACE_S
+        while not _try_flock(fd, fcntl.LOCK_EX):
+            if time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            os.close(fd)
+            raise _refusal(read_holder(path), str(sqlite_path(self.url)))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _me(self.command).as_json().encode(), 0)
+        self._fd = fd
+
+    def _acquire_advisory(self) -> None:
+        me = _me(self.command)
+        name = f"{_APP_TAG}|{me.pid}|{me.host}|{me.command}"
+        engine = create_engine(
+            self.url, poolclass=NullPool, connect_args={"application_name": name[:63]}
+        )
+        conn = engine.connect()
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": PG_WRITER_KEY})
+        if not got.scalar_one():
+            holder = _advisory_holder(conn)
+            conn.close()
+            raise _refusal(holder, make_url(self.url).render_as_string(hide_password=True))
+        conn.commit()
+        self._conn = conn
+
+    def release(self) -> None:
+        """Give the lock up; on SQLite the file stays, emptied, for the next holder."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        if self._conn is not None:
+            self._conn.close()  # the server drops a session's advisory locks with it
+            self._conn = None
+
+    def __enter__(self) -> WriterLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _advisory_holder(conn: Connection) -> Holder | None:
+    """The session holding the writer key, as its ``application_name`` describes it."""
+    row = conn.execute(
+        text(
+            "SELECT a.application_name, a.client_addr, a.pid, a.backend_start "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objid = :key"
+        ),
+        {"key": PG_WRITER_KEY},
+    ).first()
+    if row is None:
+        return None
+    name, addr, backend, started = row
+    since = started.strftime("%Y-%m-%dT%H:%M:%S%z") if started else "?"
+    parts = (name or "").split("|", 3)
+    if len(parts) == 4 and parts[0] == _APP_TAG and parts[1].isdigit():
+        return Holder(int(parts[1]), parts[2], parts[3], since)
+    return Holder(None, str(addr or "the database host"), f"backend {backend}", since)
+
+
+def current_holder(database: Engine | str | None) -> Holder | None:
     """The process holding the writer lock now, or ``None`` when nobody does.
 
-    A shared lock taken for an instant tells without writing anything into the file.
+    On SQLite a shared lock taken for an instant tells without writing anything into the file.
     """
-    path = lock_path(database)
+    url = _url(database)
+    if sqlite_path(url) is None:
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                return _advisory_holder(conn)
+        finally:
+            engine.dispose()
+    path = lock_path(url)
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
