@@ -305,8 +305,26 @@ def _table(
     return dict(table)
 
 
+def _beside(value: str, path: Path) -> str:
+    """A relative path in a config file is relative to that file, as a reader would expect."""
+    if not value:
+        return value
+    expanded = Path(value).expanduser()
+    return str(expanded if expanded.is_absolute() else path.parent.resolve() / expanded)
+
+
+def _backup(table: dict[str, Any], path: Path) -> BackupSettings:
+    values = _table(table, _BACKUP_KNOWN, "backup.", path)
+    for key in ("dest", "export_dest"):
+        if key in values:
+            values[key] = _beside(values[key], path)
+    return BackupSettings(**values)
+
+
 def _daemon(table: dict[str, Any], path: Path) -> DaemonSettings:
     values = _table(table, _DAEMON_KNOWN, "daemon.", path)
+    if "log_file" in values:
+        values["log_file"] = _beside(values["log_file"], path)
     level = values.get("log_level", DaemonSettings.log_level)
     if level not in _LOG_LEVELS:
         raise ConfigError(
@@ -372,7 +390,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         sync=_sync(data.get("sync", {}), file),
         push=_push(data.get("push", {}), file),
         daemon=_daemon(data.get("daemon", {}), file),
-        backup=BackupSettings(**_table(data.get("backup", {}), _BACKUP_KNOWN, "backup.", file)),
+        backup=_backup(data.get("backup", {}), file),
         projects=_projects(data.get("project", []), file),
         source=file if file.is_file() else None,
     )

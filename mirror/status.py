@@ -103,9 +103,10 @@ def write_status(engine: Engine, settings: Settings, out: TextIO) -> None:
     if snapshots:
         newest = snapshots[0]
         taken = newest.taken_at.astimezone(timezone.utc).replace(tzinfo=None)
+        kept = f"{len(snapshots)} snapshot{'s' if len(snapshots) != 1 else ''} kept"
         print(
-            f"last backup: {newest.path} ({_when(taken.isoformat(timespec='seconds'), now)}; "
-            f"{len(snapshots)} snapshots kept)",
+            f"last backup: {newest.path}, taken {_when(taken.isoformat(timespec='seconds'), now)};"
+            f" {kept}",
             file=out,
         )
     else:

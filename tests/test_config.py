@@ -122,3 +122,19 @@ def test_bad_sync_settings_are_one_clear_line(tmp_path: Path, text: str, message
     file.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_settings(file)
+
+
+def test_relative_backup_and_log_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    from mirror.config import load_settings
+
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    cfg = folder / "config.toml"
+    cfg.write_text(
+        '[backup]\ndest = "snaps"\nexport_dest = "/abs/x"\n[daemon]\nlog_file = "l/d.log"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(cfg)
+    assert settings.backup.dest == str(folder / "snaps")
+    assert settings.backup.export_dest == "/abs/x"
+    assert settings.daemon.log_file == str(folder / "l" / "d.log")
