@@ -93,7 +93,7 @@ def test_usr1_pulls_at_once_and_hup_adds_a_project_from_the_edited_config(upstre
         time.sleep(1.5)
         assert _runs_in(daemon.mirror) == 12  # an hour until the next pull
         daemon.signal(signal.SIGUSR1)
-        daemon.wait_log("pull acme/vision: 1 runs new", timeout=10, after=mark)
+        daemon.wait_log("pull acme/vision: 1 runs new", timeout=60, after=mark)
         assert _runs_in(daemon.mirror) == 13
 
         engine = make_engine(upstream.db)
@@ -101,14 +101,14 @@ def test_usr1_pulls_at_once_and_hup_adds_a_project_from_the_edited_config(upstre
         engine.dispose()
         write_config(daemon.config, [PATH, f"{ENTITY}/audio"], interval=3600)
         daemon.signal(signal.SIGHUP)
-        daemon.wait_log("pull acme/audio: 4 runs new", timeout=15)
+        daemon.wait_log("pull acme/audio: 4 runs new", timeout=60)
         assert _runs_in(daemon.mirror, project="audio") == 4
         assert set(job_rows(daemon.mirror)) >= {"pull:acme/vision", "pull:acme/audio", "push"}
 
         daemon.config.write_text("[daemon\nbroken")  # a broken edit keeps the running jobs
         mark = len(daemon.log())
         daemon.signal(signal.SIGHUP)
-        daemon.wait_log("config not reloaded", timeout=10, after=mark)
+        daemon.wait_log("config not reloaded", timeout=60, after=mark)
         assert daemon.alive()
         assert "pull:acme/audio" in job_rows(daemon.mirror)
         assert daemon.stop() == 0
@@ -260,8 +260,8 @@ def test_scheduled_backups_and_exports_run_and_status_names_the_last_backup(upst
         tmp_path, upstream.url, [PATH], interval=3600, backup="every 2s", extra=extra
     ) as daemon:
         daemon.wait_log("pull acme/vision: 12 runs new")
-        daemon.wait_log("backup: ", timeout=20)
-        daemon.wait_log("export: ", timeout=20)
+        daemon.wait_log("backup: ", timeout=60)
+        daemon.wait_log("export: ", timeout=60)
         exported = tmp_path / "exports" / ENTITY / PROJECT / "runs.jsonl"
         assert len(exported.read_text().splitlines()) == 12
         status = run_cli(
@@ -287,7 +287,7 @@ def test_a_bad_config_or_a_missing_key_is_one_line(tmp_path):
     del env["WANDB_API_KEY"]
     write_config(cfg, [PATH], interval=3600)
     with DaemonProcess(tmp_path / "m.db", cfg, env, tmp_path / "d.log") as daemon:
-        daemon.wait_log("pull:acme/vision failed", timeout=20)
+        daemon.wait_log("pull:acme/vision failed", timeout=60)
         assert "WANDB_API_KEY" in daemon.log() and "Traceback" not in daemon.log()
         assert daemon.stop() == 0
     assert os.path.exists(tmp_path / "m.db")
@@ -304,7 +304,7 @@ def test_the_scheduled_reconcile_catches_a_change_the_listing_does_not_show(upst
             )
         engine.dispose()
         mark = len(daemon.log())
-        daemon.wait_log("reconcile: ", timeout=20, after=mark)
+        daemon.wait_log("reconcile: ", timeout=60, after=mark)
         assert differences(upstream.db, daemon.mirror, ENTITY, PROJECT) == []
         assert daemon.stop() == 0
 
@@ -333,7 +333,7 @@ def test_edits_queued_while_it_runs_are_pushed_on_schedule(upstream, tmp_path):
             daemon.env,
         )
         assert edit.returncode == 0, edit.stderr
-        daemon.wait_log("push: acme/vision: 1 edits pushed", timeout=20)
+        daemon.wait_log("push: acme/vision: 1 edits pushed", timeout=60)
         summary = upstream._read(select(runs.c.summary_metrics).where(runs.c.name == name))[0]
         assert loads(summary)["best"] == 0.5
         assert daemon.stop() == 0
