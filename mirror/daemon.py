@@ -48,7 +48,7 @@ from mirror import logs
 from mirror.config import Settings, load_settings, parse_schedule
 from mirror.errors import MirrorError
 from mirror.remote.auth import resolve_credentials
-from mirror.remote.client import Interrupted
+from mirror.remote.client import Interrupted, RemoteClient, RetryBudget
 from mirror.store import jobs, migrate, outbox
 from mirror.store.engine import make_engine, write_transaction
 from mirror.store.lock import WriterLock
@@ -121,6 +121,8 @@ class Daemon:
         self.engine: Engine | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.served: Any = None
+        self._client: RemoteClient | None = None
+        self._key_checked = False
 
     # --- start and stop ----------------------------------------------------------------------
 
@@ -264,6 +266,7 @@ class Daemon:
         if (self.database or settings.database) != (self.database or self.settings.database):
             log.warning("HUP: a new database takes effect when the daemon restarts")
         self.settings = settings
+        self._client, self._key_checked = None, False  # [remote] or the key may have changed
         self._configure_logging()
         self._apply(settings)
         log.info("HUP: config reloaded, %d jobs", len(self._specs))
@@ -377,12 +380,29 @@ class Daemon:
         return delay
 
     def _cycle(self, wanted: list[Target], **how: Any) -> list[Outcome]:
-        """One sync cycle with a fresh client (a fresh retry budget), stopped by TERM."""
-        client = make_client(self.settings, cancel=self.stopping)
+        """One sync cycle, stopped by TERM.
+
+        The client lives as long as the config (its connections stay open between cycles) and
+        gets a fresh retry budget each cycle. Its key is checked once; after any failure the
+        next cycle checks it again, so a revoked key is named as such.
+        """
+        if self._client is None:
+            self._client = make_client(self.settings, cancel=self.stopping)
+        self._client.budget = RetryBudget(self.settings.remote.retry_budget)
         try:
-            return run_cycle(lambda: self._engine(), client, self.settings, wanted, **how)
-        finally:
-            client.close()
+            outcomes = run_cycle(
+                lambda: self._engine(),
+                self._client,
+                self.settings,
+                wanted,
+                verify_key=not self._key_checked,
+                **how,
+            )
+        except MirrorError:
+            self._key_checked = False
+            raise
+        self._key_checked = all(outcome.ok for outcome in outcomes)
+        return outcomes
 
     def _pull(self, spec: JobSpec) -> tuple[str | None, str | None]:
         assert spec.target is not None

@@ -77,8 +77,9 @@ def configure(settings: DaemonSettings, secrets: Sequence[str] = ()) -> None:
         old.close()
     root.addHandler(handler)
     root.setLevel(level)
-    # APScheduler's own lines ("Running job ...") at INFO would double each of ours
-    logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
+    # APScheduler's own lines would double each of ours ("Running job ..."), or repeat that a
+    # run was skipped while the previous one still runs, which is the coalescing we ask for
+    logging.getLogger("apscheduler").setLevel(max(level, logging.ERROR))
     logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
     if os.environ.get("INVOCATION_ID") and not settings.log_file:
         # under systemd the journal stamps each line itself

@@ -79,7 +79,10 @@ def log_steps(
         ]
         append_history(conn, run["id"], rows)
         events = sum(span.row_count for span in chunk_spans(conn, run["id"], "events"))
-        append_history(conn, run["id"], [{"system.cpu": 12.5}], "events", start=events)
+        event = {"system.cpu": 12.5}
+        append_history(conn, run["id"], [event], "events", start=events)
+        system = loads(run["system_metrics"], {}) or {}
+        system.update(event)  # W&B keeps a run's latest system metrics there
         summary = loads(run["summary_metrics"], {}) or {}
         summary.update(rows[-1] if rows else {})
         now = utcnow()
@@ -90,6 +93,7 @@ def log_steps(
                 history_line_count=run["history_line_count"] + steps,
                 history_keys=dumps(merge_history_keys(loads(run["history_keys"]), rows)),
                 summary_metrics=dumps(summary),
+                system_metrics=dumps(system),
                 heartbeat_at=now,
                 updated_at=now,
                 state="finished" if finish else "running",

@@ -100,14 +100,16 @@ def run_cycle(
     force_deletions: bool = False,
     policy: str | None = None,
     progress: Progress | None = None,
+    verify_key: bool = True,
 ) -> list[Outcome]:
     """Check the key, then per project push its queued edits and pull it.
 
     The push comes first, so that the pull reads back what was pushed. The database is opened
     only once W&B answered, so a bad key or an unreachable host writes nothing, not even an
-    empty database file.
+    empty database file. A caller that checked this client's key before may skip the check.
     """
-    check_key(client)
+    if verify_key:
+        check_key(client)
     engine = open_engine()
     outcomes = []
     for target in wanted:
