@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from mirror import __version__
+from mirror.arguments import Parser
 from mirror.config import Settings, load_settings
 from mirror.errors import MirrorError
 from mirror.store import migrate
@@ -233,6 +234,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     args.db = _database(args)
     args.host = args.host or settings.serve.host
     args.port = settings.serve.port if args.port is None else args.port
+    args.threads = settings.serve.threads if args.threads is None else args.threads
+    args.configured_limits = settings.serve.limits
     args.api_key = list(args.api_key or []) + list(settings.serve.api_keys)
     return run_from_args(args) or 0
 
@@ -405,7 +408,7 @@ def _add_policy(cmd: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; each subcommand names the function that runs it."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="wandb-mirror",
         description="A complete, queryable local mirror of Weights & Biases projects.",
     )
@@ -466,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     for action in serve._actions:
         if action.dest == "db":  # the top-level --db must survive the subcommand's own
             action.default = argparse.SUPPRESS
-        if action.dest in ("host", "port"):  # unset: the config file's [serve] decides
+        if action.dest in ("host", "port", "threads"):  # unset: the config's [serve] decides
             action.default = None
     serve.set_defaults(fn=cmd_serve)
 
