@@ -7,7 +7,6 @@ import json
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -190,10 +189,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.format == "parquet":
         if args.out is None and sys.stdout.isatty():
             raise MirrorError("parquet is binary: give --out FILE or redirect the output")
-        with _output(args.out, binary=True) as out:
+        with _output(args, binary=True) as out:
             write_parquet(rows, out)
         return 0
-    with _output(args.out, binary=False) as out:
+    with _output(args, binary=False) as out:
         if args.format == "json":
             write_jsonl(rows, out)
         else:
@@ -202,19 +201,23 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _output(path: str | None, binary: bool) -> Any:
-    """The file named by --out (created or replaced), else standard output."""
-    if path is None:
+def _output(args: argparse.Namespace, binary: bool) -> Any:
+    """The file named by --out (see ``out_path`` for what it may replace), else standard output."""
+    from mirror.output import out_path, replacing
+
+    if args.out is None:
         return nullcontext(sys.stdout.buffer if binary else sys.stdout)
-    return open(path, "wb") if binary else open(path, "w", encoding="utf-8", newline="")
+    return replacing(out_path(args.out, args.force, directory=False), binary)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from mirror.exchange import export_project
+    from mirror.output import out_path
     from mirror.query.paths import project_path
 
     entity, project = project_path(args.path, _settings(args).entity)
-    summary = export_project(_open(args), entity, project, args.format, Path(args.out))
+    out = out_path(args.out, args.force, directory=True)
+    summary = export_project(_open(args), entity, project, args.format, out)
     print(summary)
     return 0
 
@@ -222,7 +225,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from mirror.exchange import check_source, import_dir
 
-    source = check_source(args.directory)  # before the database: a bad path creates nothing
+    source = check_source(args.directory)  # before the database: a bad export creates nothing
     print(import_dir(_open_for_writing(args), source))
     return 0
 
@@ -450,12 +453,16 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--stream", choices=["default", "system"], default="default")
     history.add_argument("--format", choices=["csv", "json", "parquet"], default="csv")
     history.add_argument("--out", help="file to write instead of standard output")
+    history.add_argument("--force", action="store_true", help="write over an existing --out file")
     history.set_defaults(fn=cmd_history)
 
     export = sub.add_parser("export", help="write a project to files")
     export.add_argument("path", metavar="ENTITY/PROJECT")
     export.add_argument("--format", choices=["jsonl", "parquet", "csv"], default="jsonl")
     export.add_argument("--out", required=True, metavar="DIR")
+    export.add_argument(
+        "--force", action="store_true", help="export into a directory that is not empty"
+    )
     export.set_defaults(fn=cmd_export)
 
     imp = sub.add_parser("import", help="read a project exported as jsonl")
