@@ -17,7 +17,7 @@ from mirror.arguments import Parser
 from mirror.config import Settings, load_settings
 from mirror.errors import MirrorError
 from mirror.store import migrate
-from mirror.store.engine import make_engine
+from mirror.store.engine import database_url, make_engine, shown
 from mirror.store.lock import WriterLock
 
 EXIT_ERROR = 1
@@ -29,6 +29,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _database(args: argparse.Namespace) -> str | None:
     return args.db or _settings(args).database
+
+
+def _shown_database(args: argparse.Namespace) -> str:
+    """The database a failed command was using, as messages name it."""
+    try:
+        return shown(database_url(_database(args)))
+    except MirrorError:
+        return "the mirror"
 
 
 def _open(args: argparse.Namespace, create: bool = False, check: bool = True) -> Engine:
@@ -85,21 +93,27 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.db_command == "upgrade":
         return cmd_init(args)
     engine = _open(args, check=False)
-    current = migrate.current_revision(engine)
-    head = migrate.head_revision()
+    found = migrate.diagnose(engine)
+    if found.kind not in ("current", "behind", "ahead"):
+        raise MirrorError(found.line())
     if args.db_command == "current":
-        state = "up to date" if current == head else f"behind: latest is {head}"
-        print(f"{current or 'empty'} ({state})")
+        state = {
+            "current": "up to date",
+            "behind": f"behind: latest is {found.head}",
+            "ahead": f"ahead: this wandb-mirror knows up to {found.head}",
+        }
+        print(f"{found.revision} ({state[found.kind]})")
         return 0
+    if found.kind != "current":
+        raise MirrorError(found.line())
     differences = migrate.schema_differences(engine)
-    if current != head or differences:
-        for difference in differences:
-            print(f"differs: {difference}")
-        print(
-            f"schema check failed at revision {current or 'empty'}; run `wandb-mirror db upgrade`"
+    if differences:
+        raise MirrorError(
+            f"the mirror at {found.where} is at schema {found.revision} but its tables differ "
+            f"from it ({migrate.describe_differences(differences)}); it was changed outside "
+            "wandb-mirror: restore a snapshot or a backup"
         )
-        return EXIT_ERROR
-    print(f"schema {current} matches this wandb-mirror")
+    print(f"schema {found.revision} matches this wandb-mirror")
     return 0
 
 
@@ -556,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        print(f"wandb-mirror: database error: {reason}", file=sys.stderr)
+        print(f"wandb-mirror: database error in {_shown_database(args)}: {reason}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
         return 0
