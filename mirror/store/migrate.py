@@ -127,11 +127,12 @@ def diagnose(engine: Engine) -> Diagnosis:
         if path is None or "not a database" not in reason:
             raise
         return Diagnosis("not-a-database", where, detail=reason)
-    head = head_revision()
+    scripts = _scripts()
+    head = scripts.get_current_head()
     ours = [t for t in tables if t != "alembic_version"]
     if revision is None and not ours:
         return Diagnosis("empty", where, head=head)
-    known = {script.revision for script in _scripts().walk_revisions()}
+    known = {script.revision for script in scripts.walk_revisions()}
     if revision is None or (revision not in known and not _MIRROR_TABLES.issubset(tables)):
         listed = ", ".join(ours[:3]) + (f" and {len(ours) - 3} more" if len(ours) > 3 else "")
         return Diagnosis("foreign", where, revision, head, detail=f"tables {listed}")
