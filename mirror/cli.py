@@ -187,11 +187,15 @@ def _run_record(run: Any) -> dict[str, Any]:
 def cmd_history(args: argparse.Namespace) -> int:
     from mirror.output import write_csv, write_jsonl, write_parquet
     from mirror.query.api import Api
+    from mirror.query.history_args import check_window
 
+    keys = None if args.keys is None else [k.strip() for k in args.keys.split(",") if k.strip()]
+    if keys == []:
+        raise MirrorError("--keys needs at least one key name, e.g. --keys loss,eval/acc")
+    check_window(args.samples, args.min_step, args.max_step, names=_HISTORY_FLAGS)
     engine = _open(args)
     api = Api(database=engine, overrides={"entity": _settings(args).entity})
     run = api.run(args.path)
-    keys = [k for k in args.keys.split(",") if k] if args.keys else None
     rows = run.history(
         samples=args.samples,
         keys=keys,
@@ -200,6 +204,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         min_step=args.min_step,
         max_step=args.max_step,
     )
+    if not rows:  # a legitimate answer, but one that usually means a typo: say why
+        print(f"wandb-mirror: note: {_no_rows(run, keys, args)}", file=sys.stderr)
     if args.format == "parquet":
         if args.out is None and sys.stdout.isatty():
             raise MirrorError("parquet is binary: give --out FILE or redirect the output")
@@ -213,6 +219,34 @@ def cmd_history(args: argparse.Namespace) -> int:
             header = list(dict.fromkeys(k for row in rows for k in row))
             write_csv(([row.get(k) for k in header] for row in rows), header, out)
     return 0
+
+
+#: the history flags, as argument errors name them
+_HISTORY_FLAGS = {
+    "keys": "--keys",
+    "samples": "--samples",
+    "min_step": "--min-step",
+    "max_step": "--max-step",
+}
+
+
+def _no_rows(run: Any, keys: list[str] | None, args: argparse.Namespace) -> str:
+    """Why a history read found no row, from what the run says it logged."""
+    where = "/".join(run.path)
+    if args.stream == "system":
+        return f"no system-metric rows of {where} in the steps asked for"
+    last = run.lastHistoryStep
+    if last < 0:
+        return f"{where} has no history"
+    logged = list((run.history_keys or {}).get("keys") or {})
+    if keys and logged and not set(keys) & set(logged):
+        more = f" and {len(logged) - 10} more" if len(logged) > 10 else ""
+        return f"{where} never logged {', '.join(keys)}; it logged {', '.join(logged[:10])}{more}"
+    if args.min_step is not None and args.min_step > last:
+        return (
+            f"{where} has no step at --min-step {args.min_step} or later: its last step is {last}"
+        )
+    return f"no rows of {where} match --keys, --min-step and --max-step together"
 
 
 def _output(args: argparse.Namespace, binary: bool) -> Any:

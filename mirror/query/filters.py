@@ -162,10 +162,31 @@ def parse_order(order: str | None, default: str = "-created_at") -> Order:
     key = text[1:].strip() if text[0] in "+-" else text
     if not key:
         raise FilterError(f"order: {text!r} needs a key after its sign")
+    if _second_key(key):
+        raise FilterError(
+            f"order: {text!r} names more than one key; W&B (and the mirror) order by one key, "
+            "ties broken by run id"
+        )
     path = resolve_key(key, "order")
     if path in ("config", "summary_metrics"):
         raise FilterError(f"order: {key} needs a key below it, e.g. {key}.loss")
     return Order(path, descending)
+
+
+def _second_key(key: str) -> bool:
+    """Whether ``key`` reads as a list of keys (``config.lr,+name``): a comma followed by a
+    sign or by a key of its own. Config keys may hold a comma (``config.a,b``), so anything
+    else after one is part of the key."""
+    for rest in key.split(",")[1:]:
+        rest = rest.strip()
+        if rest[:1] in ("+", "-"):
+            return True
+        try:
+            resolve_key(rest, "order")
+        except FilterError:
+            continue
+        return True
+    return False
 
 
 def resolve_key(key: str, where: str) -> str:
