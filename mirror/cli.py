@@ -18,6 +18,7 @@ from mirror.config import Settings, load_settings
 from mirror.errors import MirrorError
 from mirror.store import migrate
 from mirror.store.engine import database_url, make_engine, shown
+from mirror.store.fields import NONFINITE_CHOICES
 from mirror.store.lock import WriterLock
 
 EXIT_ERROR = 1
@@ -157,7 +158,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     runs = api.runs(args.path, _parse_filter_arg(args.filter), order=args.order, per_page=500)
     selected = runs[: args.limit] if args.limit is not None else list(runs)
     if args.format == "json":
-        write_jsonl((_run_record(run) for run in selected), sys.stdout)
+        write_jsonl((_run_record(run) for run in selected), sys.stdout, args.nonfinite)
         return 0
     columns = list(DEFAULT_RUN_COLUMNS) + (args.columns.split(",") if args.columns else [])
     rows = [[run_value(run, c) for c in columns] for run in selected]
@@ -214,7 +215,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         return 0
     with _output(args, binary=False) as out:
         if args.format == "json":
-            write_jsonl(rows, out)
+            write_jsonl(rows, out, args.nonfinite)
         else:
             header = list(dict.fromkeys(k for row in rows for k in row))
             write_csv(([row.get(k) for k in header] for row in rows), header, out)
@@ -457,6 +458,17 @@ def _add_policy(cmd: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_nonfinite(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--nonfinite",
+        choices=[*NONFINITE_CHOICES, "raw"],
+        default="string",
+        help='NaN and ±Infinity in --format json: "NaN"/"Infinity" strings (default, standard '
+        "JSON, as W&B writes them in JSON fields), null, or raw tokens (Python reads them, jq "
+        "does not)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; each subcommand names the function that runs it."""
     parser = Parser(
@@ -476,9 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     seed = sub.add_parser("seed", help="write a synthetic project (the stand-in for W&B)")
     seed.add_argument("path", metavar="ENTITY/PROJECT")
-    seed.add_argument("--runs", type=_count, default=100)
-    seed.add_argument("--steps", type=_count, default=100)
-    seed.add_argument("--seed", type=_count, default=0)
+    seed.add_argument("--runs", type=_count, default=100, help="runs to write (100)")
+    seed.add_argument("--steps", type=_count, default=100, help="history steps per run (100)")
+    seed.add_argument("--seed", type=_count, default=0, help="the same seed, the same data (0)")
     seed.set_defaults(fn=cmd_seed)
 
     runs = sub.add_parser("runs", help="list runs matching a MongoDB filter, offline")
@@ -490,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=_count)
     runs.add_argument("--columns", help="extra columns, e.g. config.lr,summary.loss")
     runs.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    _add_nonfinite(runs)
     runs.set_defaults(fn=cmd_runs)
 
     history = sub.add_parser("history", help="a run's history rows, offline")
@@ -500,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--samples", type=_count, help="an even sample keeping first and last")
     history.add_argument("--stream", choices=["default", "system"], default="default")
     history.add_argument("--format", choices=["csv", "json", "parquet"], default="csv")
+    _add_nonfinite(history)
     history.add_argument("--out", help="file to write instead of standard output")
     history.add_argument("--force", action="store_true", help="write over an existing --out file")
     history.set_defaults(fn=cmd_history)
@@ -587,8 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.set_defaults(fn=cmd_daemon)
 
     demo = sub.add_parser("demo", help="seed a synthetic project and query it offline")
-    demo.add_argument("--runs", type=_count, default=300)
-    demo.add_argument("--steps", type=_count, default=500)
+    demo.add_argument("--runs", type=_count, default=300, help="runs in the upstream (300)")
+    demo.add_argument("--steps", type=_count, default=500, help="history steps per run (500)")
     demo.set_defaults(fn=cmd_demo)
     return parser
 

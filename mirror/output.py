@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mirror.errors import MirrorError
-from mirror.store.fields import dumps
+from mirror.store.fields import dumps, strict_json
 
 DEFAULT_RUN_COLUMNS = ("id", "name", "state", "created_at", "group", "tags")
 
@@ -70,10 +70,12 @@ def write_csv(rows: Iterable[Sequence[Any]], header: Sequence[str], out: IO[str]
         writer.writerow([_cell(v) for v in row])
 
 
-def write_jsonl(records: Iterable[dict[str, Any]], out: IO[str]) -> None:
-    """One JSON object per line, NaN and Infinity kept as W&B writes them."""
+def write_jsonl(records: Iterable[dict[str, Any]], out: IO[str], nonfinite: str = "raw") -> None:
+    """One JSON object per line. NaN and ±Infinity as ``nonfinite`` says: ``raw`` keeps the bare
+    tokens W&B writes (Python reads them, jq and JavaScript do not), ``string`` and ``null``
+    give standard JSON (see ``strict_json``)."""
     for record in records:
-        out.write(dumps(record) + "\n")
+        out.write(dumps(record if nonfinite == "raw" else strict_json(record, nonfinite)) + "\n")
 
 
 def write_parquet(records: Sequence[dict[str, Any]], out: IO[bytes]) -> None:
