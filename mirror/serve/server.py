@@ -318,7 +318,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--role",
         choices=ROLES,
         help="mirror: writes are queued as edits for W&B; upstream: W&B's own semantics, for "
-        f"tests and demos (default: mirror when the database has synced from W&B; also "
+        "tests and demos (default: mirror when the database has synced from W&B; also "
         f"{ROLE_ENV})",
     )
     parser.add_argument(
