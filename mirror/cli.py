@@ -14,10 +14,12 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from mirror import __version__
+from mirror.arguments import Parser
 from mirror.config import Settings, load_settings
 from mirror.errors import MirrorError
 from mirror.store import migrate
-from mirror.store.engine import make_engine
+from mirror.store.engine import database_url, make_engine, shown
+from mirror.store.fields import NONFINITE_CHOICES
 from mirror.store.lock import WriterLock
 
 EXIT_ERROR = 1
@@ -29,6 +31,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _database(args: argparse.Namespace) -> str | None:
     return args.db or _settings(args).database
+
+
+def _shown_database(args: argparse.Namespace) -> str:
+    """The database a failed command was using, as messages name it."""
+    try:
+        return shown(database_url(_database(args)))
+    except MirrorError:
+        return "the mirror"
 
 
 def _open(args: argparse.Namespace, create: bool = False, check: bool = True) -> Engine:
@@ -92,21 +102,27 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.db_command == "upgrade":
         return cmd_init(args)
     engine = _open(args, check=False)
-    current = migrate.current_revision(engine)
-    head = migrate.head_revision()
+    found = migrate.diagnose(engine)
+    if found.kind not in ("current", "behind", "ahead"):
+        raise MirrorError(found.line())
     if args.db_command == "current":
-        state = "up to date" if current == head else f"behind: latest is {head}"
-        print(f"{current or 'empty'} ({state})")
+        state = {
+            "current": "up to date",
+            "behind": f"behind: latest is {found.head}",
+            "ahead": f"ahead: this wandb-mirror knows up to {found.head}",
+        }
+        print(f"{found.revision} ({state[found.kind]})")
         return 0
+    if found.kind != "current":
+        raise MirrorError(found.line())
     differences = migrate.schema_differences(engine)
-    if current != head or differences:
-        for difference in differences:
-            print(f"differs: {difference}")
-        print(
-            f"schema check failed at revision {current or 'empty'}; run `wandb-mirror db upgrade`"
+    if differences:
+        raise MirrorError(
+            f"the mirror at {found.where} is at schema {found.revision} but its tables differ "
+            f"from it ({migrate.describe_differences(differences)}); it was changed outside "
+            "wandb-mirror: restore a snapshot or a backup"
         )
-        return EXIT_ERROR
-    print(f"schema {current} matches this wandb-mirror")
+    print(f"schema {found.revision} matches this wandb-mirror")
     return 0
 
 
@@ -150,7 +166,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     runs = api.runs(args.path, _parse_filter_arg(args.filter), order=args.order, per_page=500)
     selected = runs[: args.limit] if args.limit is not None else list(runs)
     if args.format == "json":
-        write_jsonl((_run_record(run) for run in selected), sys.stdout)
+        write_jsonl((_run_record(run) for run in selected), sys.stdout, args.nonfinite)
         return 0
     columns = list(DEFAULT_RUN_COLUMNS) + (args.columns.split(",") if args.columns else [])
     rows = [[run_value(run, c) for c in columns] for run in selected]
@@ -180,11 +196,15 @@ def _run_record(run: Any) -> dict[str, Any]:
 def cmd_history(args: argparse.Namespace) -> int:
     from mirror.output import write_csv, write_jsonl, write_parquet
     from mirror.query.api import Api
+    from mirror.query.history_args import check_window
 
+    keys = None if args.keys is None else [k.strip() for k in args.keys.split(",") if k.strip()]
+    if keys == []:
+        raise MirrorError("--keys needs at least one key name, e.g. --keys loss,eval/acc")
+    check_window(args.samples, args.min_step, args.max_step, names=_HISTORY_FLAGS)
     engine = _open(args)
     api = Api(database=engine, overrides={"entity": _settings(args).entity})
     run = api.run(args.path)
-    keys = [k for k in args.keys.split(",") if k] if args.keys else None
     rows = run.history(
         samples=args.samples,
         keys=keys,
@@ -193,34 +213,68 @@ def cmd_history(args: argparse.Namespace) -> int:
         min_step=args.min_step,
         max_step=args.max_step,
     )
+    if not rows:  # a legitimate answer, but one that usually means a typo: say why
+        print(f"wandb-mirror: note: {_no_rows(run, keys, args)}", file=sys.stderr)
     if args.format == "parquet":
         if args.out is None and sys.stdout.isatty():
             raise MirrorError("parquet is binary: give --out FILE or redirect the output")
-        with _output(args.out, binary=True) as out:
+        with _output(args, binary=True) as out:
             write_parquet(rows, out)
         return 0
-    with _output(args.out, binary=False) as out:
+    with _output(args, binary=False) as out:
         if args.format == "json":
-            write_jsonl(rows, out)
+            write_jsonl(rows, out, args.nonfinite)
         else:
             header = list(dict.fromkeys(k for row in rows for k in row))
             write_csv(([row.get(k) for k in header] for row in rows), header, out)
     return 0
 
 
-def _output(path: str | None, binary: bool) -> Any:
-    """The file named by --out (created or replaced), else standard output."""
-    if path is None:
+#: the history flags, as argument errors name them
+_HISTORY_FLAGS = {
+    "keys": "--keys",
+    "samples": "--samples",
+    "min_step": "--min-step",
+    "max_step": "--max-step",
+}
+
+
+def _no_rows(run: Any, keys: list[str] | None, args: argparse.Namespace) -> str:
+    """Why a history read found no row, from what the run says it logged."""
+    where = "/".join(run.path)
+    if args.stream == "system":
+        return f"no system-metric rows of {where} in the steps asked for"
+    last = run.lastHistoryStep
+    if last < 0:
+        return f"{where} has no history"
+    logged = list((run.history_keys or {}).get("keys") or {})
+    if keys and logged and not set(keys) & set(logged):
+        more = f" and {len(logged) - 10} more" if len(logged) > 10 else ""
+        return f"{where} never logged {', '.join(keys)}; it logged {', '.join(logged[:10])}{more}"
+    if args.min_step is not None and args.min_step > last:
+        return (
+            f"{where} has no step at --min-step {args.min_step} or later: its last step is {last}"
+        )
+    return f"no rows of {where} match --keys, --min-step and --max-step together"
+
+
+def _output(args: argparse.Namespace, binary: bool) -> Any:
+    """The file named by --out (see ``out_path`` for what it may replace), else standard output."""
+    from mirror.output import out_path, replacing
+
+    if args.out is None:
         return nullcontext(sys.stdout.buffer if binary else sys.stdout)
-    return open(path, "wb") if binary else open(path, "w", encoding="utf-8", newline="")
+    return replacing(out_path(args.out, args.force, directory=False), binary)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from mirror.exchange import export_project
+    from mirror.output import out_path
     from mirror.query.paths import project_path
 
     entity, project = project_path(args.path, _settings(args).entity)
-    summary = export_project(_open(args), entity, project, args.format, Path(args.out))
+    out = out_path(args.out, args.force, directory=True)
+    summary = export_project(_open(args), entity, project, args.format, out)
     print(summary)
     return 0
 
@@ -228,7 +282,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from mirror.exchange import check_source, import_dir
 
-    source = check_source(args.directory)  # before the database: a bad path creates nothing
+    source = check_source(args.directory)  # before the database: a bad export creates nothing
     with _writer_lock(args):
         print(import_dir(_open_for_writing(args), source))
     return 0
@@ -241,6 +295,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     args.db = _database(args)
     args.host = args.host or settings.serve.host
     args.port = settings.serve.port if args.port is None else args.port
+    args.threads = settings.serve.threads if args.threads is None else args.threads
+    args.configured_limits = settings.serve.limits
     args.api_key = list(args.api_key or []) + list(settings.serve.api_keys)
     return run_from_args(args) or 0
 
@@ -535,9 +591,20 @@ def _add_policy(cmd: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_nonfinite(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--nonfinite",
+        choices=[*NONFINITE_CHOICES, "raw"],
+        default="string",
+        help='NaN and ±Infinity in --format json: "NaN"/"Infinity" strings (default, standard '
+        "JSON, as W&B writes them in JSON fields), null, or raw tokens (Python reads them, jq "
+        "does not)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; each subcommand names the function that runs it."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="wandb-mirror",
         description="A complete, queryable local mirror of Weights & Biases projects.",
     )
@@ -554,9 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     seed = sub.add_parser("seed", help="write a synthetic project (the stand-in for W&B)")
     seed.add_argument("path", metavar="ENTITY/PROJECT")
-    seed.add_argument("--runs", type=_count, default=100)
-    seed.add_argument("--steps", type=_count, default=100)
-    seed.add_argument("--seed", type=_count, default=0)
+    seed.add_argument("--runs", type=_count, default=100, help="runs to write (100)")
+    seed.add_argument("--steps", type=_count, default=100, help="history steps per run (100)")
+    seed.add_argument("--seed", type=_count, default=0, help="the same seed, the same data (0)")
     seed.set_defaults(fn=cmd_seed)
 
     runs = sub.add_parser("runs", help="list runs matching a MongoDB filter, offline")
@@ -568,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=_count)
     runs.add_argument("--columns", help="extra columns, e.g. config.lr,summary.loss")
     runs.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    _add_nonfinite(runs)
     runs.set_defaults(fn=cmd_runs)
 
     history = sub.add_parser("history", help="a run's history rows, offline")
@@ -578,13 +646,18 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--samples", type=_count, help="an even sample keeping first and last")
     history.add_argument("--stream", choices=["default", "system"], default="default")
     history.add_argument("--format", choices=["csv", "json", "parquet"], default="csv")
+    _add_nonfinite(history)
     history.add_argument("--out", help="file to write instead of standard output")
+    history.add_argument("--force", action="store_true", help="write over an existing --out file")
     history.set_defaults(fn=cmd_history)
 
     export = sub.add_parser("export", help="write a project to files")
     export.add_argument("path", metavar="ENTITY/PROJECT")
     export.add_argument("--format", choices=["jsonl", "parquet", "csv"], default="jsonl")
     export.add_argument("--out", required=True, metavar="DIR")
+    export.add_argument(
+        "--force", action="store_true", help="export into a directory that is not empty"
+    )
     export.set_defaults(fn=cmd_export)
 
     imp = sub.add_parser("import", help="read a project exported as jsonl")
@@ -598,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     for action in serve._actions:
         if action.dest == "db":  # the top-level --db must survive the subcommand's own
             action.default = argparse.SUPPRESS
-        if action.dest in ("host", "port"):  # unset: the config file's [serve] decides
+        if action.dest in ("host", "port", "threads"):  # unset: the config's [serve] decides
             action.default = None
     serve.set_defaults(fn=cmd_serve)
 
@@ -682,8 +755,8 @@ def build_parser() -> argparse.ArgumentParser:
     restore.set_defaults(fn=cmd_restore)
 
     demo = sub.add_parser("demo", help="seed a synthetic project and query it offline")
-    demo.add_argument("--runs", type=_count, default=300)
-    demo.add_argument("--steps", type=_count, default=500)
+    demo.add_argument("--runs", type=_count, default=300, help="runs in the upstream (300)")
+    demo.add_argument("--steps", type=_count, default=500, help="history steps per run (500)")
     demo.set_defaults(fn=cmd_demo)
     return parser
 
@@ -699,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        print(f"wandb-mirror: database error: {reason}", file=sys.stderr)
+        print(f"wandb-mirror: database error in {_shown_database(args)}: {reason}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
         return 0

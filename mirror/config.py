@@ -16,6 +16,9 @@ from typing import Any
 
 from mirror.errors import ConfigError
 from mirror.remote.client import RemoteSettings
+from mirror.serve.limits import RANGES as LIMIT_RANGES
+from mirror.serve.limits import Limits
+from mirror.serve.options import PORT, THREADS, Range
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,12 +34,14 @@ def default_config_path() -> Path:
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """The GraphQL server's address and the keys it accepts."""
+    """The GraphQL server's address, the keys it accepts, its threads and its limits."""
 
     host: str = "127.0.0.1"
     port: int = 8080
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     enabled: bool = False  # the daemon also serves the mirror
+    threads: int = 8
+    limits: Limits = field(default_factory=Limits)
 
 
 #: ``history`` of a project: every key (True), none (False), or only these keys
@@ -137,6 +142,9 @@ _KNOWN: dict[str, Any] = {
 _PUSH_KNOWN: dict[str, Any] = {"policy": str, "wait_for_running": bool}
 _POLICIES = ("abort", "local-wins", "remote-wins")
 _SERVE_KNOWN: dict[str, Any] = {"host": str, "port": int, "api_keys": list, "enabled": bool}
+#: ``[serve]`` numbers → the values they accept, the same rule as their flags and variables
+_SERVE_RANGES: dict[str, Range] = {"port": PORT, "threads": THREADS, **LIMIT_RANGES}
+_SERVE_KNOWN.update({k: int if r.whole else _NUMBER for k, r in _SERVE_RANGES.items()})
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 #: ``[daemon]`` and ``[backup]`` settings → (type, smallest allowed value; None: a cron or text)
 _DAEMON_KNOWN: dict[str, tuple[Any, float | None]] = {
@@ -333,6 +341,27 @@ def _daemon(table: dict[str, Any], path: Path) -> DaemonSettings:
     return DaemonSettings(**values)
 
 
+def _serve(table: dict[str, Any], path: Path) -> ServeSettings:
+    _check(table, _SERVE_KNOWN, "serve.", path)
+    for key, allowed in _SERVE_RANGES.items():
+        if key in table:
+            try:
+                allowed.check(table[key])
+            except ValueError as exc:
+                raise ConfigError(f"{path}: serve.{key} {exc}") from None
+    if not table.get("host", ServeSettings.host).strip():
+        raise ConfigError(f"{path}: serve.host must be an address or a host name, not empty")
+    limits = {k: v for k, v in table.items() if k in LIMIT_RANGES}
+    return ServeSettings(
+        host=table.get("host", ServeSettings.host).strip(),
+        port=table.get("port", ServeSettings.port),
+        api_keys=tuple(table.get("api_keys", [])),
+        enabled=table.get("enabled", ServeSettings.enabled),
+        threads=table.get("threads", ServeSettings.threads),
+        limits=Limits(**limits),
+    )
+
+
 def _projects(items: list[Any], path: Path) -> tuple[ProjectSettings, ...]:
     found = []
     for i, item in enumerate(items):
@@ -372,14 +401,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     elif explicit:
         raise ConfigError(f"{file}: no such config file; see config.example.toml")
     _check(data, _KNOWN, "", file)
-    serve_table = data.get("serve", {})
-    _check(serve_table, _SERVE_KNOWN, "serve.", file)
-    serve = ServeSettings(
-        host=serve_table.get("host", ServeSettings.host),
-        port=serve_table.get("port", ServeSettings.port),
-        api_keys=tuple(serve_table.get("api_keys", [])),
-        enabled=serve_table.get("enabled", ServeSettings.enabled),
-    )
+    serve = _serve(data.get("serve", {}), file)
     remote_table = data.get("remote", {})
     return Settings(
         database=os.environ.get("WANDB_MIRROR_DB") or data.get("database"),

@@ -180,13 +180,16 @@ class Daemon:
         if not serve.enabled:
             return
         from mirror.serve.auth import configured_keys
-        from mirror.serve.server import build_server
+        from mirror.serve.limits import Limits
+        from mirror.serve.server import build_server, with_environment
 
         self.served = build_server(
             self.engine.url.render_as_string(hide_password=False),
             host=serve.host,
             port=serve.port,
             api_keys=configured_keys(list(serve.api_keys)),
+            threads=serve.threads,
+            limits=Limits(**with_environment(serve.limits)),  # type: ignore[arg-type]
             role="mirror",
         )
         self.served.start()

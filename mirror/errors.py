@@ -26,3 +26,8 @@ class FilterError(MirrorError, ValueError):
 
 class ConfigError(MirrorError):
     """A configuration file or setting that cannot be used."""
+
+
+class ArgumentError(MirrorError, ValueError):
+    """An argument that would give an empty or meaningless answer; the message names it (a
+    ValueError, as ``wandb.Api`` raises for the same mistakes)."""

@@ -422,10 +422,23 @@ def _chunk_array(chunk: Chunk, key: str, arrow: pa.DataType, kinds: set[str]) ->
 # ---------------------------------------------------------------- import
 
 
-def check_source(in_dir: str | Path) -> Path:
-    """The directory an import reads, or a MirrorError saying why it cannot be one.
+@dataclass(frozen=True)
+class ImportSource:
+    """A jsonl export whose every file has been checked: what :func:`import_dir` writes."""
 
-    Called before the database is opened, so that a mistyped path creates no database.
+    root: Path
+    entity: str
+    project: str
+    names: frozenset[str]
+    files: tuple[tuple[str, str, Path], ...]  # (stream, run name, path)
+
+
+def check_source(in_dir: str | Path) -> ImportSource:
+    """The export an import reads, every line of every file checked, or a MirrorError naming
+    the first problem (``FILE:LINE: ...``).
+
+    The command line calls this before it opens the database, so that an import that cannot
+    succeed (a mistyped path, a bad line anywhere) creates no database either.
     """
     root = Path(in_dir)
     if not root.is_dir():
@@ -433,34 +446,33 @@ def check_source(in_dir: str | Path) -> Path:
         raise MirrorError(f"{root} {what}; import expects a directory written by export")
     if not (root / RUNS_FILE).is_file():
         raise MirrorError(_missing_runs_file(root))
-    return root
+    entity, project, names = _check_runs_file(root / RUNS_FILE)
+    files = _stream_files(root, names)
+    for stream, _name, path in files:
+        _check_rows_file(path, f"{stream}/{path.name}")
+    return ImportSource(root, entity, project, frozenset(names), tuple(files))
 
 
-def import_dir(engine: Engine, in_dir: str | Path) -> ExchangeSummary:
+def import_dir(engine: Engine, source: str | Path | ImportSource) -> ExchangeSummary:
     """Load a jsonl export into the mirror: runs are upserted, history appended after what is there.
 
-    All or nothing: every file is checked before anything is written, and a bad line anywhere
-    (naming its file and line) leaves the mirror as it was. Importing into a mirror that already
-    holds the project updates its runs in place and adds only rows past each run's last stored
-    step, so importing twice changes nothing.
+    All or nothing: every file is checked before anything is written (:func:`check_source`),
+    and a bad line anywhere (naming its file and line) leaves the mirror as it was. Importing
+    into a mirror that already holds the project updates its runs in place and adds only rows
+    past each run's last stored step, so importing twice changes nothing.
 
     The writing is staged so that no transaction holds the database's write lock for long (a
     sync or a ``seed`` waits its turn between batches instead of failing after the busy timeout):
     the runs and their rows go first into hidden staging rows, in batches of about a second
     each, then one short transaction makes them the project's (see :class:`_Staging`).
     """
-    root = check_source(in_dir)
-    runs_path = root / RUNS_FILE
-    entity, project, names = _check_runs_file(runs_path)
-    files = _stream_files(root, names)
-    for stream, _name, path in files:
-        _check_rows_file(path, f"{stream}/{path.name}")
-    staging = _Staging(engine, entity, project)
+    checked = source if isinstance(source, ImportSource) else check_source(source)
+    staging = _Staging(engine, checked.entity, checked.project)
     try:
-        for node in _nodes(runs_path):
+        for node in _nodes(checked.root / RUNS_FILE):
             staging.add_run(node)
         staging.flush_runs()
-        for stream, name, path in files:
+        for stream, name, path in checked.files:
             label = f"{stream}/{path.name}"
             staging.add_rows(name, (row for _n, row in _parsed_lines(path, label)), stream)
         added = staging.swap()
@@ -469,7 +481,7 @@ def import_dir(engine: Engine, in_dir: str | Path) -> ExchangeSummary:
         raise
     staging.clean_up()
     analyze(engine)
-    return ExchangeSummary(len(names), added["history"], added["events"], root)
+    return ExchangeSummary(len(checked.names), added["history"], added["events"], checked.root)
 
 
 def _missing_runs_file(root: Path) -> str:

@@ -1,14 +1,20 @@
-"""Rendering query results for a terminal or a pipe: table, JSON lines, CSV, Parquet."""
+"""Rendering query results for a terminal or a pipe: table, JSON lines, CSV, Parquet; and the
+one rule for what ``--out`` may write over."""
 
 from __future__ import annotations
 
 import csv
 import io
+import os
+import secrets
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, Any
 
-from mirror.store.fields import dumps
+from mirror.errors import MirrorError
+from mirror.store.fields import dumps, strict_json
 
 DEFAULT_RUN_COLUMNS = ("id", "name", "state", "created_at", "group", "tags")
 
@@ -64,10 +70,12 @@ def write_csv(rows: Iterable[Sequence[Any]], header: Sequence[str], out: IO[str]
         writer.writerow([_cell(v) for v in row])
 
 
-def write_jsonl(records: Iterable[dict[str, Any]], out: IO[str]) -> None:
-    """One JSON object per line, NaN and Infinity kept as W&B writes them."""
+def write_jsonl(records: Iterable[dict[str, Any]], out: IO[str], nonfinite: str = "raw") -> None:
+    """One JSON object per line. NaN and ±Infinity as ``nonfinite`` says: ``raw`` keeps the bare
+    tokens W&B writes (Python reads them, jq and JavaScript do not), ``string`` and ``null``
+    give standard JSON (see ``strict_json``)."""
     for record in records:
-        out.write(dumps(record) + "\n")
+        out.write(dumps(record if nonfinite == "raw" else strict_json(record, nonfinite)) + "\n")
 
 
 def write_parquet(records: Sequence[dict[str, Any]], out: IO[bytes]) -> None:
@@ -92,3 +100,38 @@ def write_parquet(records: Sequence[dict[str, Any]], out: IO[bytes]) -> None:
     buffer = io.BytesIO()
     pq.write_table(pa.table(arrays), buffer)
     out.write(buffer.getvalue())
+
+
+def out_path(text: str, force: bool, directory: bool) -> Path:
+    """Where ``--out`` writes, for ``export`` (a directory) and ``history`` (a file) alike.
+
+    Nothing is written over without ``--force``: not a file, not a directory holding anything.
+    An empty name is refused outright, since it would mean the current directory.
+    """
+    if not text.strip():
+        raise MirrorError("--out needs a path, not an empty name")
+    path = Path(text).expanduser()
+    if directory and path.exists() and not path.is_dir():
+        raise MirrorError(f"{path} is a file; --out names the directory to export into")
+    if not directory and path.is_dir():
+        raise MirrorError(f"{path} is a directory; --out names the file to write")
+    taken = path.is_dir() and any(path.iterdir()) if directory else path.exists()
+    if taken and not force:
+        what = "is not empty" if directory else "exists"
+        raise MirrorError(f"{path} {what}; give another --out, or --force to write over it")
+    return path
+
+
+@contextmanager
+def replacing(path: Path, binary: bool) -> Iterator[IO[Any]]:
+    """A file written beside ``path`` and moved over it once complete, so that a failure
+    leaves ``path`` as it was (absent, or the file ``--force`` was going to replace)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        mode = "wb" if binary else "w"
+        encoding = None if binary else "utf-8"
+        with open(tmp, mode, encoding=encoding, newline=None if binary else "") as handle:
+            yield handle
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -138,3 +138,40 @@ def test_relative_backup_and_log_paths_are_relative_to_the_config_file(tmp_path,
     assert settings.backup.dest == str(folder / "snaps")
     assert settings.backup.export_dest == "/abs/x"
     assert settings.daemon.log_file == str(folder / "l" / "d.log")
+
+
+def test_the_example_documents_every_serve_setting_at_its_default():
+    from mirror.config import _SERVE_KNOWN, ServeSettings
+
+    text = EXAMPLE.read_text()
+    for key in _SERVE_KNOWN:
+        assert f"\n{key} = " in text or key == "enabled", key
+    assert load_settings(EXAMPLE).serve == ServeSettings()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[serve]\nport = 99999\n", "serve.port must be a whole number between 0 and 65535"),
+        ("[serve]\nport = -1\n", "serve.port must be a whole number between 0 and 65535"),
+        ("[serve]\nthreads = 0\n", "serve.threads must be a whole number between 1 and 1024"),
+        ("[serve]\nmax_cost = 0\n", "serve.max_cost must be a whole number, 1 or more"),
+        ("[serve]\nrequest_timeout = 0\n", "serve.request_timeout must be a number above 0"),
+        ("[serve]\nmax_body_mb = nan\n", "serve.max_body_mb must be a number above 0"),
+        ("[serve]\nidle_timeout = 1.5\n", "serve.idle_timeout must be an integer"),
+        ('[serve]\nhost = " "\n', "serve.host must be an address or a host name, not empty"),
+    ],
+)
+def test_bad_serve_settings_name_the_setting_and_its_range(tmp_path: Path, text, message):
+    file = tmp_path / "c.toml"
+    file.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(file)
+
+
+def test_serve_limits_and_threads_load_from_the_file(tmp_path: Path):
+    file = tmp_path / "c.toml"
+    file.write_text("[serve]\nthreads = 3\nmax_cost = 500\nrequest_timeout = 2.5\n")
+    serve = load_settings(file).serve
+    assert serve.threads == 3 and serve.limits.max_cost == 500
+    assert serve.limits.request_timeout == 2.5 and serve.limits.idle_timeout == 30

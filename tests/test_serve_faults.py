@@ -169,12 +169,12 @@ def test_page_repeat_repeats_and_skips_runs_while_run_count_stays_right(start, s
 
 def test_a_bad_fault_option_is_a_usage_error(served_db):
     done = run_serve(["--db", str(served_db), "--fault-error-rate", "2"])
-    assert done.returncode == 2 and "between 0 and 1" in done.stderr
+    assert done.returncode == 1 and "between 0 and 1" in done.stderr
 
 
-def test_a_bad_fault_variable_is_one_line_and_exit_code_2(served_db):
+def test_a_bad_fault_variable_is_one_line_and_exit_code_1(served_db):
     done = run_serve(["--db", str(served_db)], env={env_name("rate-limit"): "lots"})
-    assert done.returncode == 2
+    assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0 and env_name("rate-limit") in done.stderr
     assert "Traceback" not in done.stderr
 

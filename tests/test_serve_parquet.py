@@ -445,12 +445,9 @@ def test_urls_expire_and_exports_outlive_the_process(db, server, tmp_path):
 )
 def test_bad_settings_are_one_line_usage_errors(db, args, env, message):
     done = run_serve(["--db", str(db), *args], env=env)
-    assert done.returncode == 2
+    assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    last = done.stderr.strip().splitlines()[-1]
-    assert message in last
-    if env:
-        assert done.stderr.strip().count("\n") == 0
+    assert message in done.stderr and done.stderr.strip().count("\n") == 0
 
 
 def test_exports_are_off_without_a_delay(served):

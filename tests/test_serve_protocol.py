@@ -246,10 +246,10 @@ def test_serving_a_database_without_the_schema_exits_1(tmp_path):
 def test_serving_an_old_schema_exits_1_without_upgrading(tmp_path):
     db = seed_database(tmp_path / "old.db", runs=1, steps=1)
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE alembic_version SET version_num = '0000_older'")
+        conn.execute("UPDATE alembic_version SET version_num = '0002'")
     conn.close()
     message = refused(db)
-    assert "0000_older" in message and "wandb-mirror db upgrade" in message
+    assert "at schema 0002" in message and "wandb-mirror db upgrade" in message
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0000_older",)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
     conn.close()

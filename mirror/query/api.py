@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError, StatementError
 
 from mirror.errors import CommError, FilterError, MirrorError
 from mirror.query.filters import Node, Order, parse_filter, parse_order
+from mirror.query.history_args import check_window, checked_keys
 from mirror.query.paths import project_path, run_path
 from mirror.query.sampling import sample_indices
 from mirror.query.sql import count_query, ordered_ids, runs_query
@@ -394,8 +395,17 @@ class Run:
         min_step: int | None = None,
         max_step: int | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Every row in ``[min_step, max_step)``, streamed a chunk at a time (bounded memory)."""
+        """Every row in ``[min_step, max_step)``, streamed a chunk at a time (bounded memory).
+
+        The arguments are checked at the call, as ``history()`` checks them.
+        """
         del page_size  # rows stream by stored chunk; the argument is kept for compatibility
+        check_window(None, min_step, max_step)
+        return self._scan(checked_keys(keys), min_step, max_step)
+
+    def _scan(
+        self, keys: list[str] | None, min_step: int | None, max_step: int | None
+    ) -> Iterator[dict[str, Any]]:
         run_id = self._row["id"]
         spans = self._api._read(store_read.chunk_spans, run_id, "history", min_step, max_step)
         wanted = None if keys is None else [*keys, "_step"]
@@ -413,8 +423,15 @@ class Run:
         min_step: int | None = None,
         max_step: int | None = None,
     ) -> Any:
-        """History rows: all of them unless ``samples`` is given, as a DataFrame by default."""
+        """History rows: all of them unless ``samples`` is given, as a DataFrame by default.
+
+        Arguments that can only give nothing raise ``ArgumentError`` (a ValueError) naming
+        them: ``keys`` as a string rather than a list, ``samples`` below 1, ``max_step`` not
+        above ``min_step``.
+        """
         del x_axis
+        keys = checked_keys(keys)
+        check_window(samples, min_step, max_step)
         stream_name = self._stream(stream)
         if pandas:
             frame = self._api._read(

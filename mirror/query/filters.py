@@ -62,6 +62,27 @@ FIELD_OPERATORS = (
     "$size",
     "$not",
 )
+#: MongoDB operators the mirror knows of and does not evaluate: refused as such, not as typos
+UNSUPPORTED = frozenset(
+    {
+        "$elemMatch",
+        "$type",
+        "$mod",
+        "$expr",
+        "$where",
+        "$text",
+        "$jsonSchema",
+        "$comment",
+        "$geoWithin",
+        "$geoIntersects",
+        "$near",
+        "$nearSphere",
+        "$bitsAllSet",
+        "$bitsAnySet",
+        "$bitsAllClear",
+        "$bitsAnyClear",
+    }
+)
 #: how deep filter documents (``$and``/``$or``/``$nor``/``$not``) and filter values may nest;
 #: real filters are a few levels deep, and a bound keeps every layer's recursion finite
 MAX_DEPTH = 64
@@ -162,10 +183,31 @@ def parse_order(order: str | None, default: str = "-created_at") -> Order:
     key = text[1:].strip() if text[0] in "+-" else text
     if not key:
         raise FilterError(f"order: {text!r} needs a key after its sign")
+    if _second_key(key):
+        raise FilterError(
+            f"order: {text!r} names more than one key; W&B (and the mirror) order by one key, "
+            "ties broken by run id"
+        )
     path = resolve_key(key, "order")
     if path in ("config", "summary_metrics"):
         raise FilterError(f"order: {key} needs a key below it, e.g. {key}.loss")
     return Order(path, descending)
+
+
+def _second_key(key: str) -> bool:
+    """Whether ``key`` reads as a list of keys (``config.lr,+name``): a comma followed by a
+    sign or by a key of its own. Config keys may hold a comma (``config.a,b``), so anything
+    else after one is part of the key."""
+    for rest in key.split(",")[1:]:
+        rest = rest.strip()
+        if rest[:1] in ("+", "-"):
+            return True
+        try:
+            resolve_key(rest, "order")
+        except FilterError:
+            continue
+        return True
+    return False
 
 
 def resolve_key(key: str, where: str) -> str:
@@ -219,8 +261,17 @@ def _entry(key: Any, value: Any, where: str, depth: int) -> Node:
             "use $nor to negate whole filters"
         )
     if key.startswith("$"):
+        _refuse_unsupported(key, f"{where}.{key}")
         raise FilterError(f"{where}.{key}: unknown operator {key}; use one of {', '.join(LOGICAL)}")
     return _field(key, value, f"{where}.{key}", depth)
+
+
+def _refuse_unsupported(op: str, where: str) -> None:
+    if op in UNSUPPORTED:
+        raise FilterError(
+            f"{where}: {op} is not supported by the mirror; it evaluates {', '.join(LOGICAL)}, "
+            f"{', '.join(o for o in FIELD_OPERATORS if o != '$options')} and $options"
+        )
 
 
 def _logical(op: str, value: Any, where: str, depth: int) -> Node:
@@ -260,6 +311,7 @@ def _operators(spec: dict[Any, Any], where: str) -> list[tuple[str, Any]]:
         )
     for op in spec:
         if op not in FIELD_OPERATORS:
+            _refuse_unsupported(op, where)
             raise FilterError(f"{where}: unknown operator {op}")
     if "$options" in spec and "$regex" not in spec:
         raise FilterError(f"{where}: $options needs $regex")

@@ -90,30 +90,17 @@ def parse_rate_limit(text: str) -> tuple[int, float]:
     return int(match.group(1)), float(match.group(2))
 
 
-def parse_fraction(text: str) -> float:
-    """A probability between 0 and 1."""
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"a rate must be between 0 and 1, not {text!r}")
-    return value
-
-
-def parse_non_negative(text: str) -> float:
-    """A number of milliseconds or runs, zero or more."""
-    value = float(text)
-    if value < 0:
-        raise ValueError(f"must be zero or more, not {text!r}")
-    return value
-
+_FRACTION = options.Range(whole=False, low=0, high=1)
+_AT_LEAST_ZERO = options.Range(whole=True, low=0)
 
 #: option name → (FaultConfig field, parser)
 OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
-    "latency-ms": ("latency_ms", parse_non_negative),
+    "latency-ms": ("latency_ms", options.Range(whole=False, low=0).parse),
     "rate-limit": ("rate_limit", parse_rate_limit),
-    "error-rate": ("error_rate", parse_fraction),
-    "drop-rate": ("drop_rate", parse_fraction),
-    "page-repeat": ("page_repeat", lambda text: int(parse_non_negative(text))),
-    "seed": ("seed", int),
+    "error-rate": ("error_rate", _FRACTION.parse),
+    "drop-rate": ("drop_rate", _FRACTION.parse),
+    "page-repeat": ("page_repeat", _AT_LEAST_ZERO.parse),
+    "seed": ("seed", _AT_LEAST_ZERO.parse),
 }
 
 

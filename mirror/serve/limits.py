@@ -32,7 +32,6 @@ variables).
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -74,33 +73,19 @@ class Limits:
         return int(self.max_response_mb * _MB)
 
 
-def parse_positive(text: str) -> float:
-    """A number above zero."""
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"must be a number above 0, not {text!r}")
-    return value
-
-
-def parse_count(text: str) -> int:
-    """A whole number, 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"must be a whole number, not {text!r}") from None
-    if value < 1:
-        raise ValueError(f"must be 1 or more, not {text!r}")
-    return value
-
+#: Limits field → the values it accepts, from a flag, a variable or the config's ``[serve]``
+RANGES: dict[str, options.Range] = {
+    "request_timeout": options.Range(whole=False, low=0, above=True),
+    "max_body_mb": options.Range(whole=False, low=0, above=True),
+    "max_response_mb": options.Range(whole=False, low=0, above=True),
+    "max_cost": options.Range(whole=True, low=1),
+    "idle_timeout": options.Range(whole=True, low=1),
+    "connection_limit": options.Range(whole=True, low=1),
+}
 
 #: option name → (Limits field, parser)
 OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
-    "request-timeout": ("request_timeout", parse_positive),
-    "max-body-mb": ("max_body_mb", parse_positive),
-    "max-response-mb": ("max_response_mb", parse_positive),
-    "max-cost": ("max_cost", parse_count),
-    "idle-timeout": ("idle_timeout", parse_count),
-    "connection-limit": ("connection_limit", parse_count),
+    name.replace("_", "-"): (name, allowed.parse) for name, allowed in RANGES.items()
 }
 
 

@@ -56,7 +56,7 @@ from sqlalchemy import Connection
 
 from mirror.serve import options
 from mirror.serve.chunk_cache import ChunkCache
-from mirror.store.fields import dumps
+from mirror.store.fields import dumps, strict_json
 from mirror.store.read import ChunkSpan, chunk_spans, iter_chunks, load_chunk, window
 
 log = logging.getLogger("mirror.serve")
@@ -661,13 +661,7 @@ def heartbeat_epoch(text: str | None) -> float | None:
 
 def json_safe(value: Any) -> Any:
     """``value`` with NaN and ±Infinity as the strings W&B uses: Go's strict JSON rejects tokens."""
-    if type(value) is float and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    return value
+    return strict_json(value, "string")
 
 
 NO_EXPORT: dict[str, list[Any]] = {"parquetUrls": [], "liveData": []}

@@ -17,14 +17,16 @@ process exits anyway after ``STOP_GRACE_S``; the same signal a second time ends 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import faulthandler
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
@@ -33,9 +35,10 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
 from waitress.task import WSGITask
 
+from mirror.arguments import Parser
 from mirror.errors import ConfigError, MirrorError
 from mirror.serve import limits as limit_options
-from mirror.serve import parquet_export
+from mirror.serve import options, parquet_export
 from mirror.serve.app import DROP_CONNECTION, TRUST_CONNECTION, MirrorApp
 from mirror.serve.auth import KEYS_ENV, KeyChecker, configured_keys, is_loopback
 from mirror.serve.faults import OPTIONS, FaultConfig, env_name, from_env
@@ -47,7 +50,8 @@ from mirror.store.models import sync_state
 
 log = logging.getLogger("mirror.serve")
 
-USAGE_ERROR = 2
+#: a bad option or setting ends serve as any other user error does: one line, exit 1
+EXIT_ERROR = 1
 #: after SIGTERM, the process exits at the latest this many seconds later, whatever runs
 STOP_GRACE_S = 10.0
 #: request headers are a few hundred bytes; waitress would take 256 KB per connection
@@ -156,6 +160,28 @@ def make_server(
     return server
 
 
+def check_address(host: str, port: int, threads: int) -> None:
+    """Refuse, in one line, what waitress would mishandle: it takes a port beyond 65535 modulo
+    65536, fails with a bare ValueError on a negative one or a host that does not resolve, and
+    with no threads starts but answers nothing (fewer recurse until the stack runs out)."""
+    for name, value, allowed in (
+        ("port", port, options.PORT),
+        ("threads", threads, options.THREADS),
+    ):
+        try:
+            allowed.check(value)
+        except ValueError as exc:
+            raise ConfigError(f"serve {name} {exc}") from None
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(
+            f"serve host must be an IP address or a host name that resolves, not {host!r} "
+            f"({reason})"
+        ) from None
+
+
 def _on_stop_signal(app: MirrorApp) -> Callable[..., None]:
     """The SIGTERM and SIGINT handler: stop the loop the way Ctrl-C does (closing sockets under
     it would break select), after cancelling the requests in flight (waitress would otherwise
@@ -236,6 +262,7 @@ def build_server(
         raise ConfigError(
             f"refusing to listen on {host} without an API key (pass --api-key or set {KEYS_ENV})"
         )
+    check_address(host, port, threads)
     engine = make_engine(database, create=False, pool_size=threads)
     try:
         migrate.require_current(engine)
@@ -316,6 +343,17 @@ def make_exports(database_url: str, config: ParquetConfig | None) -> ParquetExpo
 
 
 ROLES = ("mirror", "upstream")
+ROLE_ENV = "WANDB_MIRROR_SERVE_ROLE"
+
+
+def role_option(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str | None:
+    """``--role``, else ``WANDB_MIRROR_SERVE_ROLE``, else None (the database decides)."""
+    if args.role is not None:
+        return args.role
+    text = (os.environ if environ is None else environ).get(ROLE_ENV, "").strip()
+    if text and text not in ROLES:
+        raise ValueError(f"{ROLE_ENV}: must be one of {', '.join(ROLES)}, not {text!r}")
+    return text or None
 
 
 def default_role(engine: Any) -> str:
@@ -329,17 +367,29 @@ def default_role(engine: Any) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The serve options, shared by ``python -m mirror.serve`` and ``wandb-mirror serve``."""
     parser.add_argument("--db", help="mirror database path or SQLAlchemy URL (WANDB_MIRROR_DB)")
+    parser.set_defaults(configured_limits=None)  # `wandb-mirror serve` passes the config's
     parser.add_argument(
         "--role",
         choices=ROLES,
-        default=os.environ.get("WANDB_MIRROR_SERVE_ROLE") or None,
         help="mirror: writes are queued as edits for W&B; upstream: W&B's own semantics, for "
         "tests and demos (default: mirror when the database has synced from W&B; also "
-        "WANDB_MIRROR_SERVE_ROLE)",
+        f"{ROLE_ENV})",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port to bind; 0 picks one (8080)")
-    parser.add_argument("--threads", type=int, default=8, help="worker threads (8)")
+    parser.add_argument(
+        "--host", type=_host, default="127.0.0.1", help="address to bind (127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port",
+        type=_argument_type(options.PORT.parse),
+        default=8080,
+        help="port to bind, 0 to 65535; 0 picks a free one (8080)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_argument_type(options.THREADS.parse),
+        default=8,
+        help="worker threads, 1 to 1024 (8)",
+    )
     parser.add_argument(
         "--api-key",
         action="append",
@@ -417,6 +467,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def _host(text: str) -> str:
+    """An address or host name to bind; whether it resolves is found out when binding."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be an address or a host name, not empty")
+    return text.strip()
+
+
 def _argument_type(parse: Callable[[str], object]) -> Callable[[str], object]:
     """argparse shows an ArgumentTypeError's message; a ValueError's it hides."""
 
@@ -449,9 +506,17 @@ def parquet_config(args: argparse.Namespace) -> ParquetConfig:
     return ParquetConfig(**settings)  # type: ignore[arg-type]
 
 
+def with_environment(configured: Limits | None) -> dict[str, object]:
+    """Limits from the config file's ``[serve]``, overridden by the environment."""
+    settings: dict[str, object] = dataclasses.asdict(configured or Limits())
+    settings.update(limit_options.from_env())
+    return settings
+
+
 def limits_config(args: argparse.Namespace) -> Limits:
-    """Limits from the environment, overridden by command-line options."""
-    settings = limit_options.from_env()
+    """Limits from the config file's ``[serve]`` (``wandb-mirror serve`` puts them in
+    ``args.configured_limits``), overridden by the environment, then by command-line options."""
+    settings = with_environment(args.configured_limits)
     for _option, (name, _parse) in limit_options.OPTIONS.items():
         value = getattr(args, f"limit_{name}", None)
         if value is not None:
@@ -471,9 +536,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         faults = fault_config(args)
         parquet = parquet_config(args)
         limits = limits_config(args)
+        role = role_option(args)
     except ValueError as exc:
-        print(f"wandb-mirror serve: {exc}", file=sys.stderr)
-        return USAGE_ERROR
+        return _failed(str(exc))
     try:
         serve(
             args.db,
@@ -484,25 +549,23 @@ def run_from_args(args: argparse.Namespace) -> int:
             threads=args.threads,
             parquet=parquet,
             limits=limits,
-            role=args.role,
+            role=role,
         )
-    except ConfigError as exc:
-        print(f"wandb-mirror serve: {exc}", file=sys.stderr)
-        return USAGE_ERROR
     except MirrorError as exc:
-        print(f"wandb-mirror serve: {exc}", file=sys.stderr)
-        return 1
+        return _failed(str(exc))
     except OSError as exc:
-        print(
-            f"wandb-mirror serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
-        )
-        return 1
+        return _failed(f"cannot listen on {args.host}:{args.port}: {exc}")
     return 0
+
+
+def _failed(message: str) -> int:
+    print(f"wandb-mirror serve: {message}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mirror.serve``."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m mirror.serve", description="Serve a mirror as W&B's GraphQL API."
     )
     add_arguments(parser)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from mirror.errors import MirrorError
 
@@ -46,6 +46,14 @@ def sqlite_path(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)
+
+
+def shown(url: str | URL) -> str:
+    """A database as messages name it: the file of an SQLite URL, else the URL without its
+    password."""
+    parsed = make_url(url)
+    path = sqlite_path(parsed.render_as_string(hide_password=False))
+    return str(path) if path is not None else parsed.render_as_string(hide_password=True)
 
 
 def make_engine(

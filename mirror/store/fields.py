@@ -68,6 +68,25 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
 
 
+#: how strict JSON writes NaN and ±Infinity: as W&B's strings, or as null
+NONFINITE_CHOICES = ("string", "null")
+
+
+def strict_json(value: Any, nonfinite: str = "string") -> Any:
+    """``value`` with every NaN and ±Infinity replaced, for readers of strict JSON (Go, jq,
+    JavaScript), which refuse the bare tokens: by the strings W&B itself uses (``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"``) or by ``None``."""
+    if type(value) is float and not math.isfinite(value):
+        if nonfinite == "null":
+            return None
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: strict_json(v, nonfinite) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v, nonfinite) for v in value]
+    return value
+
+
 def unwrap_config(raw: dict[str, Any]) -> dict[str, Any]:
     """W&B's ``{"k": {"value": v, "desc": ...}}`` → ``{"k": v}``, top level only, as the SDK does."""
     out: dict[str, Any] = {}

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, Literal
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -25,10 +27,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from filelock import FileLock, Timeout
 from sqlalchemy import Engine, inspect
+from sqlalchemy.exc import DatabaseError
 
 from mirror.errors import MirrorError
 from mirror.store.backup import snapshot
-from mirror.store.engine import sqlite_path, write_transaction
+from mirror.store.engine import shown, sqlite_path, write_transaction
 from mirror.store.models import metadata
 
 #: how long an upgrade waits for another process's upgrade of the same database
@@ -54,9 +57,13 @@ def _config() -> Config:
     return cfg
 
 
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_config())
+
+
 def head_revision() -> str | None:
     """The newest revision the shipped scripts know."""
-    return ScriptDirectory.from_config(_config()).get_current_head()
+    return _scripts().get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -65,22 +72,80 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+#: what a database can be to this wandb-mirror (see :class:`Diagnosis`)
+Kind = Literal["missing", "empty", "not-a-database", "foreign", "behind", "ahead", "current"]
+#: tables only a wandb-mirror database holds (other tools have ``runs`` or ``projects`` too)
+_MIRROR_TABLES = frozenset({"runs", "run_fields", "history_chunks"})
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """What a database file (or URL) is, as far as this wandb-mirror is concerned.
+
+    Every command that needs a mirror, and ``init`` that makes one, go by this one finding, so
+    a given file gets the same one-line explanation (and the same advice) from each of them.
+    """
+
+    kind: Kind
+    where: str  # the file, or the URL without its password
+    revision: str | None = None  # the schema a mirror is at
+    head: str | None = None  # the schema this wandb-mirror writes
+    detail: str = ""  # the tables of a foreign database, the driver's words for a broken file
+
+    def line(self) -> str:
+        """The finding in one line, with what to do about it."""
+        where, revision, head = self.where, self.revision, self.head
+        return {
+            "missing": f"no mirror at {where}; create one with `wandb-mirror init`",
+            "empty": f"no mirror at {where} (an empty database); create one with "
+            "`wandb-mirror init`",
+            "not-a-database": f"{where} is not an SQLite database (SQLite says: {self.detail}); "
+            "choose another --db",
+            "foreign": f"{where} is not a wandb-mirror database (it holds {self.detail}); "
+            "choose another --db",
+            "behind": f"the mirror at {where} is at schema {revision}, this wandb-mirror needs "
+            f"{head}; run `wandb-mirror db upgrade`",
+            "ahead": f"the mirror at {where} is at schema {revision}, which this wandb-mirror "
+            f"does not know (it knows up to {head}): a newer wandb-mirror wrote it; upgrade "
+            "wandb-mirror to use it",
+            "current": f"the mirror at {where} is at schema {revision}, up to date",
+        }[self.kind]
+
+
+def diagnose(engine: Engine) -> Diagnosis:
+    """Find out what the database behind ``engine`` is (see :class:`Diagnosis`)."""
+    where = shown(engine.url)
+    path = sqlite_path(str(engine.url))
+    if path is not None and not path.exists():
+        return Diagnosis("missing", where)
+    try:
+        with engine.connect() as conn:
+            revision = MigrationContext.configure(conn).get_current_revision()
+            tables = sorted(inspect(conn).get_table_names())
+    except DatabaseError as exc:
+        reason = str(exc.orig or exc).splitlines()[0]
+        if path is None or "not a database" not in reason:
+            raise
+        return Diagnosis("not-a-database", where, detail=reason)
+    scripts = _scripts()
+    head = scripts.get_current_head()
+    ours = [t for t in tables if t != "alembic_version"]
+    if revision is None and not ours:
+        return Diagnosis("empty", where, head=head)
+    known = {script.revision for script in scripts.walk_revisions()}
+    if revision is None or (revision not in known and not _MIRROR_TABLES.issubset(tables)):
+        listed = ", ".join(ours[:3]) + (f" and {len(ours) - 3} more" if len(ours) > 3 else "")
+        return Diagnosis("foreign", where, revision, head, detail=f"tables {listed}")
+    if revision not in known:
+        return Diagnosis("ahead", where, revision, head)
+    return Diagnosis("current" if revision == head else "behind", where, revision, head)
+
+
 def require_current(engine: Engine) -> None:
     """Refuse to read or serve a database that is missing, foreign, or at another schema."""
-    current = current_revision(engine)
-    head = head_revision()
-    if current is None:
-        raise MirrorError(f"no mirror at {_shown(engine)}; create one with `wandb-mirror init`")
-    if current != head:
-        raise MirrorError(
-            f"the mirror at {_shown(engine)} is at schema {current}, this wandb-mirror needs "
-            f"{head}; run `wandb-mirror db upgrade`"
-        )
-
-
-def _shown(engine: Engine) -> str:
-    path = sqlite_path(str(engine.url))
-    return str(path) if path is not None else engine.url.render_as_string(hide_password=True)
+    found = diagnose(engine)
+    if found.kind != "current":
+        raise MirrorError(found.line())
 
 
 @contextmanager
@@ -122,18 +187,15 @@ def upgrade(engine: Engine, revision: str = "head") -> Path | None:
     """
     target = head_revision() if revision == "head" else revision
     with _one_at_a_time(engine):
-        current = current_revision(engine)
+        found = diagnose(engine)
+        if found.kind in ("not-a-database", "foreign", "ahead"):
+            raise MirrorError(found.line())
+        current = found.revision
         if current == target:
             return None
-        tables = inspect(engine).get_table_names()
-        if current is None and tables:
-            raise MirrorError(
-                f"{_shown(engine)} holds other tables ({', '.join(tables[:3])}) and is not a "
-                "wandb-mirror database; choose another --db"
-            )
         taken = None
         path = sqlite_path(str(engine.url))
-        if path is not None and tables:
+        if path is not None and found.kind == "behind":
             taken = snapshot(engine, path.parent / "snapshots", label=f"pre-upgrade-{current}")
         cfg = _config()
         with write_transaction(engine) as conn:
@@ -146,3 +208,31 @@ def schema_differences(engine: Engine) -> list[object]:
     """What the models declare that the database does not have, or the other way round."""
     with engine.connect() as conn:
         return list(compare_metadata(MigrationContext.configure(conn), metadata))
+
+
+_DIFFERENCE_WORDS = {"add": "missing", "remove": "unexpected", "modify": "changed"}
+
+
+def describe_differences(differences: list[object], shown: int = 3) -> str:
+    """Alembic's comparison in a few words ("missing table outbox, changed column runs.tags"),
+    for a one-line message; its raw tuples hold whole table definitions."""
+    words = []
+    for difference in differences:
+        first = difference[0] if isinstance(difference, list) else difference
+        action, _, what = str(first[0]).partition("_")  # type: ignore[index]
+        words.append(f"{_DIFFERENCE_WORDS.get(action, action)} {what} {_name_of(first)}")
+    more = f" and {len(words) - shown} more" if len(words) > shown else ""
+    return ", ".join(words[:shown]) + more
+
+
+def _name_of(difference: Any) -> str:
+    """The table, column or index a difference is about (``table.column`` for columns)."""
+    for item in reversed(difference[1:]):
+        name = getattr(item, "name", None)
+        table = getattr(getattr(item, "table", None), "name", None)
+        if name:
+            return f"{table}.{name}" if table and hasattr(item, "type") else str(name)
+        if table:
+            return f"on {table}"
+    names = [str(item) for item in difference[1:] if isinstance(item, str)]
+    return ".".join(names[-2:]) if names else "?"
