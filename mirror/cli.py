@@ -665,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(fn=cmd_import)
 
     serve = sub.add_parser("serve", help="serve the mirror as a W&B-compatible GraphQL endpoint")
-    from mirror.serve.server import add_arguments
+    from mirror.serve.arguments import add_arguments
 
     add_arguments(serve)
     for action in serve._actions:

@@ -179,9 +179,10 @@ class Daemon:
         serve = self.settings.serve
         if not serve.enabled:
             return
+        from mirror.serve.arguments import with_environment
         from mirror.serve.auth import configured_keys
         from mirror.serve.limits import Limits
-        from mirror.serve.server import build_server, with_environment
+        from mirror.serve.server import build_server
 
         self.served = build_server(
             self.engine.url.render_as_string(hide_password=False),
