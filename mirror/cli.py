@@ -86,14 +86,14 @@ def _progress(total: int, label: str) -> Any:
 
 
 def _writer_lock(args: argparse.Namespace) -> WriterLock:
-    """The mirror's one-writer lock for this command: refused while the daemon (or another
-    writing command) runs, with one line naming it."""
+    """The one-writer lock of the commands that sync or replace the mirror: refused while the
+    daemon (or another of them) runs, with one line naming it. ``seed``, ``import`` and ``edit``
+    write in short transactions that take turns with any writer, so they do not need it."""
     return WriterLock(_database(args), f"wandb-mirror {args.command}")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    with _writer_lock(args):
-        engine = _open_for_writing(args)
+    engine = _open_for_writing(args)  # the migration lock lets concurrent upgrades queue
     print(f"mirror ready at {engine.url} (schema {migrate.current_revision(engine)})")
     return 0
 
@@ -131,16 +131,15 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from mirror.synth import seed_project
 
     entity, project = project_path(args.path, _settings(args).entity)
-    with _writer_lock(args):
-        count = seed_project(
-            _open_for_writing(args),
-            entity,
-            project,
-            args.runs,
-            args.steps,
-            seed=args.seed,
-            progress=_progress(args.runs, f"seeding {entity}/{project}"),
-        )
+    count = seed_project(
+        _open_for_writing(args),
+        entity,
+        project,
+        args.runs,
+        args.steps,
+        seed=args.seed,
+        progress=_progress(args.runs, f"seeding {entity}/{project}"),
+    )
     print(f"seeded {count} runs with {args.steps} steps each into {entity}/{project}")
     return 0
 
@@ -283,8 +282,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from mirror.exchange import check_source, import_dir
 
     source = check_source(args.directory)  # before the database: a bad export creates nothing
-    with _writer_lock(args):
-        print(import_dir(_open_for_writing(args), source))
+    print(import_dir(_open_for_writing(args), source))
     return 0
 
 

@@ -11,6 +11,7 @@ import pytest
 from cli_process import one_error_line, wandb_mirror
 
 from mirror.cli import main
+from mirror.store import migrate
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +90,16 @@ def test_every_command_gives_one_diagnosis_of_a_file_that_is_not_a_mirror(
         assert code == 0, err
 
 
+HEAD = migrate.head_revision()
+
+
 @pytest.mark.parametrize(
     ("kind", "current", "problem"),
     [
-        ("behind", "0002 (behind: latest is 0003)", "is at schema 0002, this wandb-mirror "
-         "needs 0003; run `wandb-mirror db upgrade`"),
-        ("ahead", "0999 (ahead: this wandb-mirror knows up to 0003)", "is at schema 0999, "
-         "which this wandb-mirror does not know (it knows up to 0003): a newer wandb-mirror "
+        ("behind", f"0002 (behind: latest is {HEAD})", "is at schema 0002, this wandb-mirror "
+         f"needs {HEAD}; run `wandb-mirror db upgrade`"),
+        ("ahead", f"0999 (ahead: this wandb-mirror knows up to {HEAD})", "is at schema 0999, "
+         f"which this wandb-mirror does not know (it knows up to {HEAD}): a newer wandb-mirror "
          "wrote it; upgrade wandb-mirror to use it"),
     ],
 )  # fmt: skip
@@ -112,7 +116,8 @@ def test_a_mirror_at_another_schema(kind, current, problem, mirror_file, tmp_pat
 
 def test_an_up_to_date_mirror_and_one_changed_behind_its_back(mirror_file, tmp_path, capsys):
     assert (
-        _in_process(capsys, "--db", str(mirror_file), "db", "current")[1] == "0003 (up to date)\n"
+        _in_process(capsys, "--db", str(mirror_file), "db", "current")[1]
+        == f"{HEAD} (up to date)\n"
     )
     changed = tmp_path / "changed.db"
     _copy(mirror_file, changed)
@@ -120,7 +125,7 @@ def test_an_up_to_date_mirror_and_one_changed_behind_its_back(mirror_file, tmp_p
         conn.execute("DROP TABLE outbox")
     conn.close()
     line = one_error_line(wandb_mirror("--db", str(changed), "db", "check"))
-    assert line.startswith(f"wandb-mirror: error: the mirror at {changed} is at schema 0003 but")
+    assert line.startswith(f"wandb-mirror: error: the mirror at {changed} is at schema {HEAD} but")
     assert "missing table outbox" in line and "Table(" not in line
 
 
