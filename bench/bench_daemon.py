@@ -55,12 +55,10 @@ from typing import Any
 import psutil
 from common import (
     Server,
-    discard_fixture,
-    fixture_ready,
     machine,
-    mark_fixture,
     mirror_env,
     out_path,
+    seeded_upstream,
     table,
     verdict,
 )
@@ -98,30 +96,6 @@ def log(text: str) -> None:
 
 
 # --- the upstream ------------------------------------------------------------------------------
-
-
-def seeded(db_dir: Path, runs: int, steps: int, seed: int) -> Path:
-    """The upstream project, seeded once per (runs, steps, seed, schema)."""
-    from mirror.store import migrate
-    from mirror.store.engine import make_engine
-    from mirror.synth import seed_project
-
-    path = db_dir / f"upstream-r{runs}-s{steps}-seed{seed}.db"
-    params = {"runs": runs, "steps": steps, "seed": seed, "schema": migrate.head_revision()}
-    if fixture_ready(path, params):
-        return path
-    discard_fixture(path)
-    log(f"seeding {runs} runs x {steps} steps into {path} ...")
-    engine = make_engine(path, create=True)
-    try:
-        migrate.upgrade(engine)
-        seed_project(engine, ENTITY, PROJECT, runs, steps, seed=seed)
-        with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        engine.dispose()
-    mark_fixture(path, params)
-    return path
 
 
 def live_runs(db: Path) -> list[tuple[str, str, int]]:
@@ -724,7 +698,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, terminated)
     began = time.perf_counter()
     db_dir = out_path("daemon")
-    fixture = seeded(db_dir, args.runs, args.steps, args.seed)
+    fixture = seeded_upstream(db_dir, args.runs, args.steps, args.seed, ENTITY, PROJECT)[0]
     work = db_dir / "work"
     shutil.rmtree(work, ignore_errors=True)
     (work / "home").mkdir(parents=True)

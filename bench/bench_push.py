@@ -49,6 +49,7 @@ from common import (
     mark_fixture,
     mirror_env,
     out_path,
+    seeded_upstream,
     table,
     verdict,
     wandb_env,
@@ -117,32 +118,6 @@ def copy_db(source: Path, target: Path) -> Path:
         if src.exists():
             shutil.copyfile(src, target.with_name(target.name + suffix))
     return target
-
-
-def seeded(db_dir: Path, runs: int, steps: int, seed: int) -> Path:
-    """The upstream project, seeded once per (runs, steps, seed, schema)."""
-    from mirror.store import migrate
-    from mirror.store.engine import make_engine
-    from mirror.synth import seed_project
-
-    path = db_dir / f"upstream-r{runs}-s{steps}-seed{seed}.db"
-    params = {"runs": runs, "steps": steps, "seed": seed, "schema": migrate.head_revision()}
-    if fixture_ready(path, params):
-        return path
-    discard_fixture(path)
-    print(f"seeding {runs} runs x {steps} steps into {path} ...", flush=True)
-    began = time.perf_counter()
-    engine = make_engine(path, create=True)
-    try:
-        migrate.upgrade(engine)
-        seed_project(engine, ENTITY, PROJECT, runs, steps, seed=seed)
-        with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        engine.dispose()
-    mark_fixture(path, params)
-    print(f"seeded in {time.perf_counter() - began:.1f}s", flush=True)
-    return path
 
 
 def synced(upstream: Path, work: Path, threads: int) -> Path:
@@ -366,7 +341,7 @@ def main() -> int:
     work = db_dir / f"work-r{args.runs}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    upstream = seeded(db_dir, args.runs, args.steps, args.seed)
+    upstream = seeded_upstream(db_dir, args.runs, args.steps, args.seed, ENTITY, PROJECT)[0]
     mirror_fixture = synced(upstream, work, args.threads)
 
     before = summaries(upstream)

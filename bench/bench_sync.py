@@ -58,11 +58,10 @@ import psutil
 import requests
 from common import (
     Server,
-    fixture_ready,
     machine,
-    mark_fixture,
     mirror_env,
     out_path,
+    seeded_upstream,
     table,
     verdict,
     wandb_env,
@@ -128,31 +127,10 @@ def serve_supports_parquet() -> bool:
 
 
 def seeded(db_dir: Path, runs: int, steps: int, seed: int) -> Path:
-    """The upstream project, seeded once per (runs, steps, seed, schema)."""
-    from mirror.store import migrate
-    from mirror.store.engine import make_engine
-    from mirror.synth import seed_project
-
-    path = db_dir / f"upstream-r{runs}-s{steps}-seed{seed}.db"
-    params = {"runs": runs, "steps": steps, "seed": seed, "schema": migrate.head_revision()}
-    if fixture_ready(path, params):
-        return path
-    from common import discard_fixture
-
-    discard_fixture(path)
-    print(f"seeding {runs} runs x {steps} steps into {path} ...", flush=True)
-    began = time.perf_counter()
-    engine = make_engine(path, create=True)
-    try:
-        migrate.upgrade(engine)
-        seed_project(engine, ENTITY, PROJECT, runs, steps, seed=seed)
-        with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        engine.dispose()
-    mark_fixture(path, params)
-    print(f"seeded in {time.perf_counter() - began:.0f}s", flush=True)
-    shutil.rmtree(parquet_dir(path), ignore_errors=True)
+    """The upstream project; a fresh seed drops the parquet exports of the old one."""
+    path, fresh = seeded_upstream(db_dir, runs, steps, seed, ENTITY, PROJECT)
+    if fresh:
+        shutil.rmtree(parquet_dir(path), ignore_errors=True)
     return path
 
 

@@ -126,6 +126,35 @@ def discard_fixture(path: Path) -> None:
             candidate.unlink()
 
 
+def seeded_upstream(
+    db_dir: Path, runs: int, steps: int, seed: int, entity: str, project: str
+) -> tuple[Path, bool]:
+    """A synthetic upstream project, seeded once per (runs, steps, seed, schema); its path and
+    whether it was seeded just now."""
+    from mirror.store import migrate
+    from mirror.store.engine import make_engine
+    from mirror.synth import seed_project
+
+    path = db_dir / f"upstream-r{runs}-s{steps}-seed{seed}.db"
+    params = {"runs": runs, "steps": steps, "seed": seed, "schema": migrate.head_revision()}
+    if fixture_ready(path, params):
+        return path, False
+    discard_fixture(path)
+    print(f"seeding {runs} runs x {steps} steps into {path} ...", file=sys.stderr, flush=True)
+    began = time.perf_counter()
+    engine = make_engine(path, create=True)
+    try:
+        migrate.upgrade(engine)
+        seed_project(engine, entity, project, runs, steps, seed=seed)
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        engine.dispose()
+    mark_fixture(path, params)
+    print(f"seeded in {time.perf_counter() - began:.1f}s", file=sys.stderr, flush=True)
+    return path, True
+
+
 def fresh_database(path: Path) -> Any:
     """A new, migrated SQLite mirror at ``path`` (anything there before is removed)."""
     from mirror.store import migrate
