@@ -16,8 +16,7 @@ The cycles go in phases:
 * active, up to ``--cycles``: a thread in this process appends ``--log-steps`` steps (and an
   event) to 3 running runs every ``--interval`` seconds with ``mirror.synth_activity.log_steps``,
   writing into the upstream database, and every ``--add-every`` cycles adds a run (which joins
-  the logging runs, its ``systemMetrics`` set as W&B shows them; ``--bare-new-runs`` leaves them
-  empty) and finishes the oldest one. It stops ``--settle`` cycles before the end so that the
+  the logging runs) and finishes the oldest one. It stops ``--settle`` cycles before the end so that the
   mirror can catch up.
 
 The daemon's RSS, CPU, threads and open files, and the mirror's ``mirror.db`` and
@@ -153,8 +152,7 @@ class Activity(threading.Thread):
 
     def run(self) -> None:
         from mirror.store.engine import make_engine
-        from mirror.store.fields import dumps
-        from mirror.synth_activity import add_run, edit_run, log_steps
+        from mirror.synth_activity import add_run, log_steps
 
         engine = make_engine(self.db)
         try:
@@ -168,11 +166,6 @@ class Activity(threading.Thread):
                 if due > self.added:
                     name = f"soak{self.added:04d}"
                     add_run(engine, ENTITY, PROJECT, name, 20)
-                    if not self.args.bare_new_runs:
-                        # W&B shows a run's latest system metrics once it logs any (add_run
-                        # leaves them empty, and log_steps logs events without updating them)
-                        metrics = dumps({"system.cpu": 12.5})
-                        edit_run(engine, ENTITY, PROJECT, name, systemMetrics=metrics)
                     self.added += 1
                     self.steps += 20
                     self.active.append(name)
@@ -679,12 +672,6 @@ def main() -> int:
     parser.add_argument("--log-steps", type=int, default=10, help="steps per run per tick")
     parser.add_argument("--add-every", type=int, default=50, help="cycles between new runs")
     parser.add_argument("--settle", type=int, default=5, help="last cycles without activity")
-    parser.add_argument(
-        "--bare-new-runs",
-        action="store_true",
-        help="leave added runs' systemMetrics empty, as synth_activity.add_run does (the mirror "
-        "then never fetches their events: a known difference, so the check fails)",
-    )
     parser.add_argument("--baseline-cycles", type=int, default=20, help="idle `sync` processes")
     parser.add_argument("--threads", type=int, default=4, help="the upstream server's threads")
     args = parser.parse_args()

@@ -123,6 +123,8 @@ class Daemon:
         self.served: Any = None
         self._client: RemoteClient | None = None
         self._key_checked = False
+        self._busy = threading.Condition()  # guards ``_running``: jobs inside ``_run_job``
+        self._running = 0
 
     # --- start and stop ----------------------------------------------------------------------
 
@@ -197,12 +199,21 @@ class Daemon:
         log.info("%s", self.served.describe(serve.host))
 
     def _shut_down(self) -> None:
+        """Let running jobs reach their safe point, then stop the scheduler.
+
+        APScheduler's ``shutdown(wait=True)`` holds its job store lock while it waits for the
+        jobs, and a job's last step reads its next run time under that lock: so the jobs are
+        waited for first, here, and ``shutdown`` then finds none running.
+        """
         self.stopping.set()
         faulthandler.dump_traceback_later(STOP_GRACE_S, exit=True)
         try:
             if self.served is not None:
                 self.served.stop()
             if self.scheduler is not None and self.scheduler.running:
+                self.scheduler.pause()
+                with self._busy:
+                    self._busy.wait_for(lambda: self._running == 0)
                 self.scheduler.shutdown(wait=True)
             if self.engine is not None:
                 self.engine.dispose()
@@ -330,9 +341,22 @@ class Daemon:
         return self.engine
 
     def _run_job(self, job_id: str) -> None:
+        """A job as the scheduler calls it, counted while it runs so that a stop can wait."""
+        with self._busy:
+            if self.stopping.is_set():
+                return  # queued before the stop: it would only wait for the scheduler
+            self._running += 1
+        try:
+            self._run_job_once(job_id)
+        finally:
+            with self._busy:
+                self._running -= 1
+                self._busy.notify_all()
+
+    def _run_job_once(self, job_id: str) -> None:
         """One run of a job: its figures in one log line, its outcome in ``daemon_jobs``."""
         spec = self._specs.get(job_id)
-        if spec is None or self.stopping.is_set():
+        if spec is None:
             return
         work: dict[str, Callable[[JobSpec], tuple[str | None, str | None]]] = {
             "pull": self._pull,

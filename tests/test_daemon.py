@@ -337,3 +337,26 @@ def test_edits_queued_while_it_runs_are_pushed_on_schedule(upstream, tmp_path):
         summary = upstream._read(select(runs.c.summary_metrics).where(runs.c.name == name))[0]
         assert loads(summary)["best"] == 0.5
         assert daemon.stop() == 0
+
+
+def test_term_while_a_job_cannot_be_interrupted_waits_for_it_then_exits(tmp_path):
+    """A backup does not stop halfway: TERM waits for it, and the job's last bookkeeping
+    (its next run time, read from the scheduler) must not deadlock with the shutdown."""
+    mirror = tmp_path / "mirror.db"
+    engine = make_engine(mirror)
+    from mirror.store import migrate
+
+    migrate.upgrade(engine)
+    seed_project(engine, ENTITY, PROJECT, 150, 1500, seed=4)
+    engine.dispose()
+    cfg = write_config(tmp_path / "config.toml", [], backup="every 1s")
+    env = sync_env("http://127.0.0.1:9", tmp_path / "home")
+    with DaemonProcess(mirror, cfg, env, tmp_path / "daemon.log") as daemon:
+        daemon.wait_log("backup: ", timeout=60)
+
+        backups = tmp_path / "backups"
+        wait_for(lambda: any(backups.glob(".mirror-*.partial")), 30, "a backup under way")
+        started = time.monotonic()
+        assert daemon.stop(timeout=30) == 0
+        assert time.monotonic() - started < 20
+    assert "daemon stopped" in daemon.log()
