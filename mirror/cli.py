@@ -234,6 +234,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     args.host = args.host or settings.serve.host
     args.port = settings.serve.port if args.port is None else args.port
     args.api_key = list(args.api_key or []) + list(settings.serve.api_keys)
+    args.backup_dest = settings.backup.dest  # the dashboard's status page shows the backups
     return run_from_args(args) or 0
 
 

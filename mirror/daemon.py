@@ -186,6 +186,7 @@ class Daemon:
             port=serve.port,
             api_keys=configured_keys(list(serve.api_keys)),
             role="mirror",
+            backup_dest=self.settings.backup.dest,
         )
         self.served.start()
         log.info("%s", self.served.describe(serve.host))

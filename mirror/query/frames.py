@@ -245,7 +245,7 @@ def _concatenated(pieces: list[Piece], key: str) -> np.ndarray:
     )
 
 
-def _lookup(values: dict[str, Any], dotted: str) -> tuple[bool, Any]:
+def lookup(values: dict[str, Any], dotted: str) -> tuple[bool, Any]:
     """``values[dotted]``, else a walk down nested dicts (``optimizer.lr``); (found, value)."""
     if dotted in values:
         return True, values[dotted]
@@ -253,7 +253,7 @@ def _lookup(values: dict[str, Any], dotted: str) -> tuple[bool, Any]:
     while sep:
         inner = values.get(head)
         if isinstance(inner, dict):
-            found, value = _lookup(inner, rest)
+            found, value = lookup(inner, rest)
             if found:
                 return found, value
         more, sep, rest = rest.partition(".")
@@ -271,7 +271,7 @@ def run_record(run: Run, columns: Sequence[str]) -> dict[str, Any]:
             continue
         source, _, key = column.partition(".")
         values = run.config if source == "config" else run.summary
-        found, value = _lookup(values, key)
+        found, value = lookup(values, key)
         if found:
             record[column] = value
     return record

@@ -7,10 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, and_, select
+from sqlalchemy import Connection, RowMapping, and_, or_, select
 
 from mirror.store import history as codec
-from mirror.store.models import history_chunks, projects, runs
+from mirror.store.models import field_keys, history_chunks, projects, runs
 
 
 def find_project(conn: Connection, entity: str, name: str) -> RowMapping | None:
@@ -153,3 +153,14 @@ def iter_run_chunks(
                 for row, chunk in zip(rows, decoded, strict=True):
                     span = ChunkSpan(row.id, row.first_step, row.last_step, row.row_count)
                     yield row.run_id, span, chunk
+
+
+def field_paths(conn: Connection, project_id: int) -> list[str]:
+    """Every config and summary path the project's runs have held (the filter index's keys),
+    sorted: what a user can filter, sort and show a column by."""
+    path = field_keys.c.path
+    query = select(path).where(
+        field_keys.c.project_id == project_id,
+        or_(path.like("config.%"), path.like("summary_metrics.%")),
+    )
+    return sorted(conn.execute(query).scalars())
