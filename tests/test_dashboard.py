@@ -77,7 +77,8 @@ def listed_ids(html: str) -> list[str]:
 
 
 def brute_m4(x: np.ndarray, y: np.ndarray, width: int, lo: float, hi: float) -> set[int]:
-    column = np.clip(((x - lo) * (width / (hi - lo))).astype(int), 0, width - 1)
+    edges = lo + (hi - lo) * np.arange(1, width) / width
+    column = np.array([int((edges <= v).sum()) for v in x])
     keep: set[int] = set()
     for c in np.unique(column):
         where = np.flatnonzero(column == c)

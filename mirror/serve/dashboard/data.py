@@ -64,7 +64,7 @@ def series_json(
         row = find_run(conn, found["id"], name)
         if row is None:
             raise PageError(404, f"the mirror holds no run {entity}/{project}/{name}")
-        for key, series in cache.get(conn, row["id"], keys, x_key).items():
+        for key, series in cache.get(conn, row["id"], row["storage_id"], keys, x_key).items():
             picked.append((name, key, series.window(lo, hi)))
     shown = [s for _, _, s in picked if len(s.x)]
     low = lo if lo is not None else min((float(s.x[0]) for s in shown), default=0.0)

@@ -16,14 +16,6 @@ import numpy as np
 PER_COLUMN = 4
 
 
-def _first_per_segment(hits: np.ndarray, segment: np.ndarray) -> np.ndarray:
-    """The first index of ``hits`` (sorted) in each segment it touches."""
-    owners = segment[hits]
-    first = np.ones(len(hits), dtype=bool)
-    first[1:] = owners[1:] != owners[:-1]
-    return hits[first]
-
-
 def m4(x: np.ndarray, y: np.ndarray, width: int, lo: float, hi: float) -> np.ndarray:
     """Indices of the points to draw, ascending: all of them when they number at most
     ``4 * width``, else the first, last, minimum and maximum of each of ``width`` equal
@@ -37,21 +29,19 @@ def m4(x: np.ndarray, y: np.ndarray, width: int, lo: float, hi: float) -> np.nda
     if n <= PER_COLUMN * width:
         return np.arange(n)
     span = hi - lo
-    if not span > 0:
-        column = np.zeros(n, dtype=np.int64)
+    if span > 0:  # column k holds lo + span*k/width <= x < lo + span*(k+1)/width
+        edges = lo + span * np.arange(1, width) / width
+        bounds = np.searchsorted(x, edges, side="left")
+        starts = np.unique(np.r_[0, bounds])
+        starts = starts[starts < n]
     else:
-        column = np.clip(((x - lo) * (width / span)).astype(np.int64), 0, width - 1)
-    starts = np.flatnonzero(np.r_[True, column[1:] != column[:-1]])
+        starts = np.zeros(1, dtype=np.int64)
     ends = np.r_[starts[1:], n]
-    segment = np.repeat(np.arange(len(starts)), ends - starts)
-    lows = np.minimum.reduceat(y, starts)
-    highs = np.maximum.reduceat(y, starts)
-    keep = np.concatenate(
-        [
-            starts,
-            ends - 1,
-            _first_per_segment(np.flatnonzero(y == lows[segment]), segment),
-            _first_per_segment(np.flatnonzero(y == highs[segment]), segment),
-        ]
-    )
-    return np.unique(keep)
+    # per column, its first lowest and first highest point: a loop over at most ``width``
+    # columns, each a C pass over its slice (no index array as long as the series)
+    extremes = np.empty(2 * len(starts), dtype=np.int64)
+    for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        part = y[start:end]
+        extremes[2 * i] = start + int(part.argmin())
+        extremes[2 * i + 1] = start + int(part.argmax())
+    return np.unique(np.concatenate([starts, ends - 1, extremes]))

@@ -1,9 +1,11 @@
 """A run's history as drawable series: numeric x and y arrays read column-wise from the chunks.
 
 The first chart of a run reads its whole history once (chunks inflated on threads) and keeps
-the series it drew in a small LRU, keyed by the chunks' fingerprints, so that zooming (a new
-window of the same series) and the other charts of the page cost a slice, not a decode, and a
-sync that appends history makes the next request read afresh.
+the series it drew in a small LRU, so that zooming (a new window of the same series) and the
+next view cost a slice, not a decode. Entries are keyed by the run's storage id and its chunks'
+ids, spans, row counts and stored sizes, read from the chunk index alone (a checksum at the end
+of each blob would make SQLite walk every blob's pages), so a sync that appends or rewrites
+history makes the next request read afresh.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select
 
-from mirror.serve.chunk_cache import stored_chunks
 from mirror.store.history import Chunk, Column, number_rows
+from mirror.store.models import history_chunks
 from mirror.store.read import ChunkSpan, iter_run_chunks
 
 #: bytes of series kept (a 1,000,000-point series is 16 MB)
@@ -77,18 +79,24 @@ def _steps(span: ChunkSpan, chunk: Chunk) -> np.ndarray:
 
 def _finish(xs: np.ndarray, x_ok: np.ndarray, present: np.ndarray, ys: np.ndarray) -> Series:
     logged = present & x_ok
-    values = ys[logged]
+    dense = bool(logged.all())  # the common case: no copies for a key every row holds
+    values = ys if dense else ys[logged]
     finite = np.isfinite(values)
-    x, y = xs[logged][finite], values[finite]
+    x = xs if dense else xs[logged]
+    if not finite.all():
+        x, y = x[finite], values[finite]
+    else:
+        y = values
     if len(x) > 1 and not bool(np.all(x[1:] >= x[:-1])):
         order = np.argsort(x, kind="stable")
         x, y = x[order], y[order]
+    undrawn = values[~finite]
     return Series(
         x,
         y,
-        int(np.isnan(values).sum()),
-        int(np.isposinf(values).sum()),
-        int(np.isneginf(values).sum()),
+        int(np.isnan(undrawn).sum()),
+        int(np.isposinf(undrawn).sum()),
+        int(np.isneginf(undrawn).sum()),
     )
 
 
@@ -119,6 +127,17 @@ def read_series(
     return out
 
 
+def history_state(conn: Connection, run_id: int) -> tuple[tuple[int, ...], ...]:
+    """What the run's stored history looks like, from the chunk index: changes when it does."""
+    c = history_chunks.c
+    query = (
+        select(c.id, c.first_step, c.last_step, c.row_count, func.length(c.data))
+        .where(c.run_id == run_id, c.stream == "history")
+        .order_by(c.first_step)
+    )
+    return tuple(tuple(row) for row in conn.execute(query))
+
+
 class SeriesCache:
     """Series of whole runs, LRU by bytes, shared by the server's threads."""
 
@@ -129,10 +148,10 @@ class SeriesCache:
         self._lock = threading.Lock()
 
     def get(
-        self, conn: Connection, run_id: int, keys: Sequence[str], x_key: str
+        self, conn: Connection, run_id: int, storage_id: str, keys: Sequence[str], x_key: str
     ) -> dict[str, Series]:
         """The run's series of ``keys`` over ``x_key``; only those not kept are read."""
-        state = tuple(stored_chunks(conn, run_id, "history"))
+        state = (storage_id, history_state(conn, run_id))
         found: dict[str, Series] = {}
         with self._lock:
             for key in keys:

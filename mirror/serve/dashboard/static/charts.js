@@ -116,7 +116,10 @@
     box.addEventListener("dblclick", chart.reset);
     charts.push(chart);
     pending -= 1;
-    if (pending === 0) document.documentElement.dataset.charts = "drawn";
+    if (pending === 0) {
+      performance.mark("mirror:charts-drawn");
+      document.documentElement.dataset.charts = "drawn";
+    }
   }
 
   const boxes = keys.map((key) => {
