@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -76,12 +77,12 @@ class Dashboard:
                 Request.from_environ(environ, method, path)
             )
         except PageError as exc:
-            status, content_type, body, packed = exc.status, HTML, _error(exc), None
+            status, (content_type, body), packed = exc.status, _error(path, str(exc)), None
         except (MirrorError, SQLAlchemyError) as exc:
             message = str(getattr(exc, "orig", None) or exc).splitlines()[0]
             log.error("dashboard: %s", message)
-            status, content_type, body = 500, HTML, _error(f"cannot read the mirror: {message}")
-            packed = None
+            status, packed = 500, None
+            content_type, body = _error(path, f"cannot read the mirror: {message}")
         headers = [("Content-Type", content_type), ("Vary", "Accept-Encoding")]
         if path.startswith("/static/") and status == 200:
             headers.append(("Cache-Control", "public, max-age=86400"))
@@ -119,6 +120,10 @@ class Dashboard:
         raise PageError(404, "no such page")
 
 
-def _error(exc: PageError | str) -> bytes:
-    message = str(exc)
-    return page("Error", f'<h1>Error</h1><p class="error" id="error">{esc(message)}</p>').encode()
+def _error(path: str, message: str) -> tuple[str, bytes]:
+    """An error as the asker reads it: JSON for the charts' data requests, else a page."""
+    if path.startswith("/data/"):
+        return "application/json", orjson.dumps({"error": message})
+    return HTML, page(
+        "Error", f'<h1>Error</h1><p class="error" id="error">{esc(message)}</p>'
+    ).encode()

@@ -85,7 +85,7 @@ def _parsed(request: Request) -> tuple[Any, Order, str | None]:
         return None, parse_order(DEFAULT_ORDER), str(exc)
 
 
-def _header(request: Request, column: str, label: str, order: Order, link: Callable) -> str:
+def _header(column: str, label: str, order: Order, link: Callable[..., str]) -> str:
     key = sort_key(column)
     try:
         sorted_here = parse_order(key).path == order.path
@@ -119,8 +119,7 @@ def runs_page(conn: Connection, request: Request, entity: str, project: str) -> 
     total, rows = 0, []
     if error is None:
         total = int(conn.execute(count_query(found["id"], node)).scalar_one())
-        pages = max(1, math.ceil(total / per_page))
-        number = min(number, pages)
+        number = min(number, max(1, math.ceil(total / per_page)))
         query = runs_query(found["id"], node, order)
         rows = fetch_page(conn, query, (number - 1) * per_page, per_page)
     pages = max(1, math.ceil(total / per_page))
@@ -147,8 +146,7 @@ def runs_page(conn: Connection, request: Request, entity: str, project: str) -> 
         f'oninput="mirrorPick(this)"><div class="keys">{picker}</div></details></form>'
     )
     head = "".join(
-        _header(request, c, BASE_COLUMNS[c][0] if c in BASE_COLUMNS else c, order, link)
-        for c in columns
+        _header(c, BASE_COLUMNS[c][0] if c in BASE_COLUMNS else c, order, link) for c in columns
     )
     body_rows = []
     for row in rows:
@@ -166,7 +164,7 @@ def runs_page(conn: Connection, request: Request, entity: str, project: str) -> 
         '<button type="submit">Compare selected runs</button></form>'
     )
     table = (
-        f'<table class="runs" id="runs"><thead><tr><th></th>{_header(request, "id", "id", order, link)}'
+        f'<table class="runs" id="runs"><thead><tr><th></th>{_header("id", "id", order, link)}'
         f"{head}</tr></thead><tbody>{''.join(body_rows)}</tbody></table>"
     )
     script = (
