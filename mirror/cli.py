@@ -296,6 +296,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     args.threads = settings.serve.threads if args.threads is None else args.threads
     args.configured_limits = settings.serve.limits
     args.api_key = list(args.api_key or []) + list(settings.serve.api_keys)
+    args.backup_dest = settings.backup.dest  # the dashboard's status page shows the backups
     return run_from_args(args) or 0
 
 

@@ -194,6 +194,7 @@ class Daemon:
             threads=serve.threads,
             limits=Limits(**with_environment(serve.limits)),  # type: ignore[arg-type]
             role="mirror",
+            backup_dest=self.settings.backup.dest,
         )
         self.served.start()
         log.info("%s", self.served.describe(serve.host))

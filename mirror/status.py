@@ -8,16 +8,18 @@ not the daemon is running.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from sqlalchemy import Engine
 
-from mirror.config import Settings
 from mirror.store import backup
 from mirror.store.engine import sqlite_path
 from mirror.store.jobs import JobRecord, job_records
 from mirror.store.lock import current_holder
-from mirror.sync.state import ProjectStatus, project_statuses
+from mirror.store.status import ProjectStatus, project_statuses
+
+if TYPE_CHECKING:
+    from mirror.config import Settings
 
 
 def _when(iso: str | None, now: datetime) -> str:
@@ -69,6 +71,12 @@ def _project_lines(st: ProjectStatus, pull: JobRecord | None, now: datetime) -> 
 
 def write_status(engine: Engine, settings: Settings, out: TextIO) -> None:
     """The mirror's state in a few lines per project, then the database and its backups."""
+    write_report(engine, settings.backup.dest, out)
+
+
+def write_report(engine: Engine, backup_dest: str, out: TextIO) -> None:
+    """``write_status`` given only the backup directory setting: the dashboard shows the same
+    lines, and a server does not load the config (which brings the remote client with it)."""
     now = datetime.now(timezone.utc)
     path = sqlite_path(str(engine.url))
     holder = current_holder(engine)
@@ -98,7 +106,7 @@ def write_status(engine: Engine, settings: Settings, out: TextIO) -> None:
         return
     size = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.is_file())
     print(f"database: {path} ({size / 1e6:.1f} MB with its WAL)", file=out)
-    directory = backup.backup_dir(engine, settings.backup.dest)
+    directory = backup.backup_dir(engine, backup_dest)
     snapshots = backup.list_snapshots(directory) if directory.is_dir() else []
     if snapshots:
         newest = snapshots[0]

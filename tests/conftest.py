@@ -44,3 +44,11 @@ def served(served_db: Path, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("served-log") / "serve.log"
     with ServerProcess(served_db, log, args=("--threads", "4")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def dashboard_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seeded mirror the dashboard tests share (see tests/dashboard_data.py)."""
+    from dashboard_data import seed_dashboard
+
+    return seed_dashboard(tmp_path_factory.mktemp("dashboard") / "mirror.db")

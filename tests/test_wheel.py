@@ -27,6 +27,8 @@ def test_wheel_installs_and_initialises_a_database(tmp_path: Path):
     assert "mirror/_migrations/env.py" in names
     assert any(n.startswith("mirror/_migrations/versions/0001") for n in names)
     assert "mirror/serve/schema.graphql" in names
+    for asset in ("uPlot.iife.min.js", "uPlot.LICENSE.txt", "charts.js", "dashboard.css"):
+        assert f"mirror/serve/dashboard/static/{asset}" in names  # no CDN: the assets ship
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)

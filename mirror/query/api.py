@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, RowMapping, select
 from sqlalchemy.exc import SQLAlchemyError, StatementError
 
 from mirror.errors import CommError, FilterError, MirrorError
+from mirror.query import frames
 from mirror.query.filters import Node, Order, parse_filter, parse_order
 from mirror.query.history_args import check_window, checked_keys
 from mirror.query.paths import project_path, run_path
@@ -28,7 +29,6 @@ from mirror.store import migrate
 from mirror.store import read as store_read
 from mirror.store.engine import make_engine, write_transaction
 from mirror.store.fields import dumps, loads, unwrap_config
-from mirror.store.history import number_rows
 from mirror.store.models import projects
 from mirror.store.models import runs as runs_table
 from mirror.store.outbox import DELETE, Edit, record_edit
@@ -265,6 +265,49 @@ class Runs(Sequence["Run"]):
             raise IndexError(f"run {index} was deleted since this listing was read")
         return page[offset]
 
+    def histories(
+        self,
+        samples: int | None = None,
+        keys: Sequence[str] | None = None,
+        x_axis: str = "_step",
+        format: str = "pandas",
+        stream: str = "default",
+    ) -> Any:
+        """Every matching run's history in one frame with a ``run_id`` column, as W&B's
+        ``Runs.histories``, but every row unless ``samples`` is given (then each run is sampled
+        as ``run.history(samples=...)`` samples it).
+
+        It equals concatenating each run's ``history()`` (runs in listing order, columns
+        sorted as W&B sorts them), read in one pass over the store rather than a query per run.
+        ``format``: ``"pandas"``, ``"polars"`` or ``"default"`` (a list of dicts, as W&B's).
+        """
+        frames.check_format(format)
+        keys = checked_keys(keys)
+        check_window(samples, None, None)
+        if format == "default":
+            return [
+                {**row, "run_id": run.id}
+                for run in self
+                for row in run.history(samples, keys, x_axis, pandas=False, stream=stream)
+            ]
+        listing = [(run._row["id"], run.id) for run in self]
+        stream_name = _stream_name(stream)
+        frame = self._api._read(frames.histories_frame, listing, stream_name, keys, samples, x_axis)
+        return frames.to_polars(frame) if format == "polars" else frame
+
+    def to_dataframe(self, columns: Sequence[str] | None = None, format: str = "pandas") -> Any:
+        """The listing as a DataFrame, one row per run in order: ``id``, ``name``, ``state``,
+        ``group``, ``tags``, ``created_at`` and every ``config.<key>`` and ``summary.<key>``,
+        or just ``columns`` (those names, other run attributes, nested ``config.a.b``).
+
+        The frame W&B's docs build by hand from a loop over ``api.runs``.
+        """
+        frames.check_format(format)
+        if format == "default":
+            raise ValueError("format must be pandas or polars for a DataFrame")
+        frame = frames.runs_frame(list(self), columns)
+        return frames.to_polars(frame) if format == "polars" else frame
+
     def __repr__(self) -> str:
         return f"<Runs {self.entity}/{self.project}>"
 
@@ -381,13 +424,6 @@ class Run:
             return int(self.history_keys["lastStep"])
         return -1
 
-    def _stream(self, stream: str) -> str:
-        if stream in ("default", "history"):
-            return "history"
-        if stream in ("system", "events"):
-            return "events"
-        raise ValueError(f"unknown history stream {stream!r}; use 'default' or 'system'")
-
     def scan_history(
         self,
         keys: Sequence[str] | None = None,
@@ -427,22 +463,30 @@ class Run:
 
         Arguments that can only give nothing raise ``ArgumentError`` (a ValueError) naming
         them: ``keys`` as a string rather than a list, ``samples`` below 1, ``max_step`` not
-        above ``min_step``.
+        above ``min_step``. With ``keys``, the columns are the keys, ``_step`` and ``x_axis``
+        (as W&B adds it).
         """
-        del x_axis
         keys = checked_keys(keys)
         check_window(samples, min_step, max_step)
-        stream_name = self._stream(stream)
+        stream_name = _stream_name(stream)
         if pandas:
             frame = self._api._read(
-                _history_frame, self._row["id"], stream_name, min_step, max_step, keys
+                frames.history_frame,
+                self._row["id"],
+                stream_name,
+                min_step,
+                max_step,
+                keys,
+                x_axis,
             )
             if samples is not None:
                 frame = frame.iloc[sample_indices(len(frame), samples)].reset_index(drop=True)
             return frame
         rows = self._api._read(
             lambda conn: list(
-                store_read.iter_rows(conn, self._row["id"], stream_name, min_step, max_step, keys)
+                store_read.iter_rows(
+                    conn, self._row["id"], stream_name, min_step, max_step, keys, x_axis
+                )
             )
         )
         if samples is not None:
@@ -507,51 +551,14 @@ class Run:
         return f"<Run {self.entity}/{self.project}/{self.id} ({self.state})>"
 
 
+def _stream_name(stream: str) -> str:
+    """W&B's stream names → the store's."""
+    if stream in ("default", "history"):
+        return "history"
+    if stream in ("system", "events"):
+        return "events"
+    raise ValueError(f"unknown history stream {stream!r}; use 'default' or 'system'")
+
+
 def _differs(before: dict[str, Any], key: str, value: Any) -> bool:
     return key not in before or dumps(before[key]) != dumps(value)
-
-
-def _history_frame(
-    conn: Connection,
-    run_id: int,
-    stream: str,
-    min_step: int | None,
-    max_step: int | None,
-    keys: Sequence[str] | None,
-) -> Any:
-    """History as a DataFrame built column by column from the chunks: no per-row Python work."""
-    import numpy as np
-    import pandas as pd
-
-    frames = []
-    for span, chunk in store_read.iter_chunks(conn, run_id, stream, min_step, max_step):
-        names = list(chunk.columns) if keys is None else [*keys, "_step"]
-        data = {k: chunk.columns[k].full(chunk.n) for k in names if k in chunk.columns}
-        step_column = chunk.columns.get("_step")
-        if step_column is not None and step_column.kind == "i" and step_column.mask is None:
-            steps = step_column.values
-        else:  # rows without a whole _step: number them as the store does
-            steps = np.fromiter(
-                (step for step, _ in number_rows(chunk.rows(["_step"]), span.first_step)),
-                dtype=np.int64,
-                count=chunk.n,
-            )
-        keep = np.ones(chunk.n, dtype=bool)
-        if min_step is not None:
-            keep &= steps >= min_step
-        if max_step is not None:
-            keep &= steps < max_step
-        if keys is not None:
-            held = np.zeros(chunk.n, dtype=bool)
-            for k in keys:
-                col = chunk.columns.get(k)
-                if col is not None:
-                    held |= True if col.mask is None else col.mask
-            keep &= held
-        frame = pd.DataFrame(data)
-        frames.append(frame if keep.all() else frame[keep])
-    if not frames:
-        return pd.DataFrame()
-    if len(frames) == 1:
-        return frames[0].reset_index(drop=True)
-    return pd.concat(frames, ignore_index=True)

@@ -4,8 +4,9 @@
 by signed URL, with no API key, as W&B's pre-signed object-store URLs do (see
 ``parquet_export``). The official client also posts telemetry (SDK 0.31:
 ``/sdk/otel/v1/metrics``); those side channels get an empty 200 so that nothing is logged as an
-error. Every other path is a small JSON 404. One INFO line per request, never a header value
-(nor a URL token: it is a credential while it lasts).
+error. ``GET /`` and the pages below it are the dashboard (``mirror.serve.dashboard``), behind
+the same keys. Every other path is a small JSON 404. One INFO line per request, never a header
+value (nor a URL token: it is a credential while it lasts).
 
 Each GraphQL request runs within a budget (``mirror.serve.limits``): a time limit, and a
 response size counted while it is built and checked once more on the encoded answer.
@@ -27,6 +28,7 @@ from sqlalchemy import Engine
 from mirror.serve.auth import KeyChecker
 from mirror.serve.chunk_cache import ChunkCache
 from mirror.serve.context import RequestContext
+from mirror.serve.dashboard import Dashboard
 from mirror.serve.executor import Outcome, aborted, describe, run_request
 from mirror.serve.faults import FaultConfig, FaultInjector
 from mirror.serve.jsonout import dumps_response
@@ -185,6 +187,7 @@ class MirrorApp:
         exports: ParquetExports | None = None,
         limits: Limits | None = None,
         role: str = "upstream",
+        backup_dest: str = "",
     ) -> None:
         self.engine = engine
         self.role = role
@@ -195,6 +198,7 @@ class MirrorApp:
         self.chunks = ChunkCache()
         self.exports = exports
         self.budgets = Budgets()
+        self.dashboard = Dashboard(engine, keys, self.chunks, backup_dest)
 
     def stop(self) -> int:
         """Stop every request in flight (the server is shutting down); returns how many."""
@@ -243,6 +247,8 @@ class MirrorApp:
             return 200, [("Content-Type", "application/json")], b"{}", "(ignored)"
         if path == "/healthz" and method == "GET":
             return 200, [("Content-Type", "application/json")], b'{"status":"ok"}', ""
+        if Dashboard.handles(method, path):
+            return self.dashboard.respond(environ, method, path, environ.get(TRUST_CONNECTION))
         return (*_error(404, f"no such endpoint: {method} {path}"), "")
 
     def _parquet_file(

@@ -222,8 +222,10 @@ class ServedMirror:
         return int(self.server.effective_port)
 
     def describe(self, host: str) -> str:
+        base = f"http://{host}:{self.port}"
         return (
-            f"serving {self.engine.url} at http://{host}:{self.port}/graphql ({self.app.role} role)"
+            f"serving {self.engine.url} at {base}/graphql ({self.app.role} role), "
+            f"dashboard at {base}/"
         )
 
     def start(self) -> None:
@@ -255,6 +257,7 @@ def build_server(
     parquet: ParquetConfig | None = None,
     limits: Limits | None = None,
     role: str | None = None,
+    backup_dest: str = "",
 ) -> ServedMirror:
     """The server for a mirror, bound and ready, not yet answering.
 
@@ -278,7 +281,13 @@ def build_server(
             raise ConfigError(f"the serve role must be mirror or upstream, not {role!r}")
         limits = limits or Limits()
         app = MirrorApp(
-            engine, keys, faults or FaultConfig(), exports=exports, limits=limits, role=role
+            engine,
+            keys,
+            faults or FaultConfig(),
+            exports=exports,
+            limits=limits,
+            role=role,
+            backup_dest=backup_dest,
         )
         return ServedMirror(engine, app, make_server(app, host, port, threads, limits))
     except BaseException:
@@ -296,10 +305,13 @@ def serve(
     parquet: ParquetConfig | None = None,
     limits: Limits | None = None,
     role: str | None = None,
+    backup_dest: str = "",
 ) -> None:
     """Serve the mirror at ``http://host:port/graphql`` until interrupted (SIGINT or SIGTERM);
     raises what ``build_server`` raises."""
-    served = build_server(database, host, port, api_keys, faults, threads, parquet, limits, role)
+    served = build_server(
+        database, host, port, api_keys, faults, threads, parquet, limits, role, backup_dest
+    )
     app = served.app
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _on_stop_signal(app))
@@ -382,6 +394,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             parquet=parquet,
             limits=limits,
             role=role,
+            backup_dest=getattr(args, "backup_dest", ""),
         )
     except MirrorError as exc:
         return _failed(str(exc))
