@@ -261,7 +261,7 @@ def take_backup(engine: Engine, dest_dir: Path) -> Backup:
 def _vacuum_into(engine: Engine, target: Path) -> None:
     raw = engine.raw_connection()  # VACUUM cannot run inside the transaction SQLAlchemy opens
     try:
-        import shutil; shutil.copyfile(str(engine.url.database), target)
+        raw.driver_connection.execute("VACUUM INTO ?", (str(target),))
     finally:
         raw.close()
 
