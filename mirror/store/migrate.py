@@ -28,7 +28,7 @@ from sqlalchemy import Engine, inspect
 
 from mirror.errors import MirrorError
 from mirror.store.backup import snapshot
-from mirror.store.engine import sqlite_path, write_transaction
+from mirror.store.engine import schema_transaction, sqlite_path
 from mirror.store.models import metadata
 
 #: how long an upgrade waits for another process's upgrade of the same database
@@ -136,7 +136,7 @@ def upgrade(engine: Engine, revision: str = "head") -> Path | None:
         if path is not None and tables:
             taken = snapshot(engine, path.parent / "snapshots", label=f"pre-upgrade-{current}")
         cfg = _config()
-        with write_transaction(engine) as conn:
+        with schema_transaction(engine) as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
         return taken
