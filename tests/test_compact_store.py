@@ -311,3 +311,25 @@ def test_a_downgrade_to_0004_and_back_keeps_the_texts(tmp_path: Path) -> None:
     assert [r.id for r in api.runs("e/p", {"config.model.depth": 2}, order="name")] == ["old002"]
     assert math.isnan(api.run("e/p/old001").summary["best"])
     engine.dispose()
+
+
+def test_an_upgrade_that_frees_much_of_the_file_gives_it_back(tmp_path: Path) -> None:
+    db = tmp_path / "mirror.db"
+    engine = make_engine(db)
+    migrate.upgrade(engine, "0004")
+    write_legacy_project(engine, "e", "p", 200)
+    with write_transaction(engine) as conn:  # a fat 0004 index, as attributes and copies made it
+        conn.exec_driver_sql("INSERT INTO field_keys (id, project_id, path) VALUES (1, 1, 'x')")
+        conn.exec_driver_sql(
+            "INSERT INTO run_fields (run_id, key_id, elem, kind, num, txt) "
+            "SELECT runs.id, 1, 0, 3, NULL, runs.config || runs.summary_metrics FROM runs, "
+            "(SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4)"
+        )
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = db.stat().st_size
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        free = conn.exec_driver_sql("PRAGMA freelist_count").scalar()
+    assert free == 0 and db.stat().st_size < before
+    engine.dispose()

@@ -192,3 +192,31 @@ def analyze_if_stale(engine: Engine) -> bool:
         return False
     analyze(engine)
     return True
+
+
+#: free pages, as a share of the file, worth a VACUUM after a schema change
+RECLAIM_SHARE = 0.25
+
+
+def reclaim_free_pages(engine: Engine) -> bool:
+    """``VACUUM`` an SQLite file that a schema change left mostly free; returns whether it did.
+
+    Dropping or rebuilding a table (0005 rebuilds the field index) frees its pages inside the
+    file, which SQLite reuses but never returns to the disk on its own. Readers keep reading
+    meanwhile (WAL); it needs free disk space about the size of the file, as the snapshot
+    taken before the upgrade did.
+    """
+    if engine.dialect.name != "sqlite":
+        return False
+    raw = engine.raw_connection()  # VACUUM cannot run inside the transaction SQLAlchemy opens
+    try:
+        driver = raw.driver_connection
+        free = driver.execute("PRAGMA freelist_count").fetchone()[0]
+        pages = driver.execute("PRAGMA page_count").fetchone()[0]
+        if not pages or free / pages < RECLAIM_SHARE:
+            return False
+        driver.execute("VACUUM")
+        driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return True
+    finally:
+        raw.close()

@@ -28,7 +28,7 @@ from sqlalchemy import Engine, inspect
 
 from mirror.errors import MirrorError
 from mirror.store.backup import snapshot
-from mirror.store.engine import schema_transaction, sqlite_path
+from mirror.store.engine import reclaim_free_pages, schema_transaction, sqlite_path
 from mirror.store.models import metadata
 
 #: how long an upgrade waits for another process's upgrade of the same database
@@ -118,7 +118,8 @@ def upgrade(engine: Engine, revision: str = "head") -> Path | None:
     """Bring the database to ``revision``; returns the snapshot taken first, if one was needed.
 
     A non-empty SQLite database is snapshotted before any upgrade that changes it, so a failed or
-    regretted migration can be undone by copying the snapshot back over the database file.
+    regretted migration can be undone by copying the snapshot back over the database file, and
+    compacted after it when the upgrade left much of the file free.
     """
     target = head_revision() if revision == "head" else revision
     with _one_at_a_time(engine):
@@ -139,6 +140,8 @@ def upgrade(engine: Engine, revision: str = "head") -> Path | None:
         with schema_transaction(engine) as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+        if tables:
+            reclaim_free_pages(engine)
         return taken
 
 
