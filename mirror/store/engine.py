@@ -21,6 +21,11 @@ BUSY_TIMEOUT_MS = 30_000
 # Reads through a memory map (SQLite clamps it to its build's maximum, 2 GiB by default): index
 # probes then cost a memory access, not a read() into SQLite's own, much smaller page cache.
 MMAP_BYTES = 1 << 32
+# Pages of 16 KiB for a new file: a run's row (a few KiB of packed JSON and attributes) and a
+# history chunk fill a 4 KiB page only once each, leaving a third of it empty, where several fit
+# in 16 KiB (the metadata-heavy benchmark project is 11% smaller). A file keeps the page size
+# it was made with; an existing mirror's pragma here changes nothing.
+PAGE_BYTES = 16384
 _WRITE = "mirror_write"
 
 
@@ -90,6 +95,7 @@ def make_engine(
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cursor.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
         if create:
+            cursor.execute(f"PRAGMA page_size = {PAGE_BYTES}")  # before the file is first written
             cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
