@@ -52,18 +52,15 @@ from sqlalchemy import (
     Connection,
     Engine,
     RowMapping,
-    and_,
     delete,
-    exists,
     func,
-    insert,
-    literal,
     select,
     update,
 )
 
 from mirror.errors import MirrorError
-from mirror.store.engine import analyze, read_transaction, write_transaction
+from mirror.store.bulk import update_rows
+from mirror.store.engine import analyze_if_stale, read_transaction, write_transaction
 from mirror.store.fields import dumps, loads, unwrap_config
 from mirror.store.history import Chunk, number_rows, step_of
 from mirror.store.models import (
@@ -77,11 +74,12 @@ from mirror.store.models import (
 )
 from mirror.store.read import find_project, iter_chunks, iter_rows, iter_runs
 from mirror.store.upsert import (
-    FieldKeys,
+    append_histories,
     append_history,
     ensure_project,
     last_step,
     run_columns,
+    run_ids,
     storage_id,
     upsert_runs,
     utcnow,
@@ -475,12 +473,13 @@ def import_dir(engine: Engine, source: str | Path | ImportSource) -> ExchangeSum
         for stream, name, path in checked.files:
             label = f"{stream}/{path.name}"
             staging.add_rows(name, (row for _n, row in _parsed_lines(path, label)), stream)
+        staging.flush_rows()
         added = staging.swap()
     except BaseException:
         staging.discard()
         raise
     staging.clean_up()
-    analyze(engine)
+    analyze_if_stale(engine)
     return ExchangeSummary(len(checked.names), added["history"], added["events"], checked.root)
 
 
@@ -722,6 +721,8 @@ class _Staging:
         self.token = secrets.token_hex(8)
         self.staged: dict[str, _Staged] = {}
         self._pending: list[dict[str, Any]] = []
+        self._buffer: list[tuple[_Staged, str, list[dict[str, Any]], int]] = []
+        self._buffered = 0  # rows in the buffer
         self._batch = 10
         self._count = 0
         self._held = 0.0
@@ -798,7 +799,9 @@ class _Staging:
     # -- rows
 
     def add_rows(self, name: str, rows: Iterable[dict[str, Any]], stream: str) -> None:
-        """Stage a run's rows past its last mirrored step, a slice per transaction."""
+        """Stage a run's rows past its last mirrored step. Rows of many runs share a staging
+        transaction of up to ROWS_PER_TRANSACTION rows (a project of small runs is a few
+        transactions, not one per file); a longer stream is split across several."""
         plan = self.staged[name]
         after = plan.last_steps.get(stream)
         start = 0
@@ -809,16 +812,24 @@ class _Staging:
             if not pending:
                 start = step
             pending.append(row)
-            if len(pending) == ROWS_PER_TRANSACTION:
-                self._append(plan, stream, pending, start)
+            if self._buffered + len(pending) >= ROWS_PER_TRANSACTION:
+                self._buffer.append((plan, stream, pending, start))
+                self.flush_rows()
                 pending = []
         if pending:
-            self._append(plan, stream, pending, start)
+            self._buffer.append((plan, stream, pending, start))
+            self._buffered += len(pending)
 
-    def _append(self, plan: _Staged, stream: str, rows: list[dict[str, Any]], start: int) -> None:
+    def flush_rows(self) -> None:
+        """Stage the buffered rows in one transaction."""
+        if not self._buffer:
+            return
         with self._write() as conn:
-            added = append_history(conn, plan.row, rows, stream, start)
-        plan.rows[stream] = plan.rows.get(stream, 0) + added
+            items = [(plan.row, stream, rows, start) for plan, stream, rows, start in self._buffer]
+            added = append_histories(conn, items)
+        for (plan, stream, _rows, _start), count in zip(self._buffer, added, strict=True):
+            plan.rows[stream] = plan.rows.get(stream, 0) + count
+        self._buffer, self._buffered = [], 0
 
     # -- the swap
 
@@ -826,41 +837,30 @@ class _Staging:
         """Make every staged run live in one transaction; returns the rows added per stream."""
         added = {stream: 0 for stream in STREAMS}
         with write_transaction(self.engine) as conn:
-            keys = FieldKeys(conn, self.project_id)
-            name_key = keys.id("name")
+            self._rename_new(conn)
             for name, plan in self.staged.items():
-                if plan.target is None:
-                    plan.target = self._rename_or_find(conn, name, plan, name_key)
-                    if plan.target is None:  # the staged row is the run now
-                        for stream in STREAMS:
-                            added[stream] += plan.rows.get(stream, 0)
-                        continue
+                if plan.target is None:  # the staged row is the run now
+                    for stream in STREAMS:
+                        added[stream] += plan.rows.get(stream, 0)
+                    continue
                 for stream, count in self._merge(conn, name, plan).items():
                     added[stream] += count
         return added
 
-    def _rename_or_find(
-        self, conn: Connection, name: str, plan: _Staged, name_key: int
-    ) -> int | None:
-        """A new run: rename its staging row (None), or the row of a run of that name that
-        another writer made meanwhile (then the import is replayed onto it)."""
-        found = conn.execute(
-            select(runs.c.id).where(runs.c.project_id == self.project_id, runs.c.name == name)
-        ).scalar()
-        if found is not None:
-            plan.synced_at = None  # never equal to the row's: replay
-            return found
-        conn.execute(
-            update(runs)
-            .where(runs.c.id == plan.row)
-            .values(name=name, deleted_at=None, synced_at=utcnow())
-        )
-        conn.execute(
-            update(run_fields)
-            .where(run_fields.c.run_id == plan.row, run_fields.c.key_id == name_key)
-            .values(txt=name)
-        )
-        return None
+    def _rename_new(self, conn: Connection) -> None:
+        """Give the staging rows of new runs their names (one prepared update), except where
+        another writer made a run of that name meanwhile: the import is replayed onto it."""
+        new = {name: plan for name, plan in self.staged.items() if plan.target is None}
+        taken = run_ids(conn, self.project_id, list(new))
+        now = utcnow()
+        renames = []
+        for name, plan in new.items():
+            if name in taken:
+                plan.target = taken[name]
+                plan.synced_at = None  # never equal to the row's: replay
+            else:
+                renames.append((plan.row, name, None, now))
+        update_rows(conn, runs, "id", ("name", "deleted_at", "synced_at"), renames)
 
     def _merge(self, conn: Connection, name: str, plan: _Staged) -> dict[str, int]:
         """Move a staged run's values and rows onto the live run it updates."""
@@ -955,34 +955,9 @@ def _changed(row: RowMapping, columns: dict[str, Any]) -> bool:
 
 
 def _move_index(conn: Connection, source: int, target: int) -> None:
-    """Make ``target``'s index rows ``source``'s, writing only the rows that differ (a re-import
-    that renames a run rewrites one index row, not a thousand)."""
-    mine, theirs = run_fields.alias("mine"), run_fields.alias("theirs")
-
-    def same(a: Any, b: Any) -> Any:
-        return and_(
-            a.c.key_id == b.c.key_id,
-            a.c.elem == b.c.elem,
-            a.c.kind == b.c.kind,
-            a.c.num.is_not_distinct_from(b.c.num),
-            a.c.txt.is_not_distinct_from(b.c.txt),
-        )
-
-    conn.execute(
-        delete(run_fields).where(
-            run_fields.c.run_id == target,
-            ~exists().where(theirs.c.run_id == source, same(theirs, run_fields)),
-        )
-    )
-    fresh = select(
-        literal(target), mine.c.key_id, mine.c.elem, mine.c.kind, mine.c.num, mine.c.txt
-    ).where(
-        mine.c.run_id == source,
-        ~exists().where(run_fields.c.run_id == target, same(run_fields, mine)),
-    )
-    conn.execute(
-        insert(run_fields).from_select(["run_id", "key_id", "elem", "kind", "num", "txt"], fresh)
-    )
+    """Make ``source``'s index rows ``target``'s (its own go first)."""
+    conn.execute(delete(run_fields).where(run_fields.c.run_id == target))
+    conn.execute(update(run_fields).where(run_fields.c.run_id == source).values(run_id=target))
 
 
 def _delete_runs(conn: Connection, ids: list[int]) -> None:

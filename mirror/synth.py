@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine
 
-from mirror.store.engine import analyze, write_transaction
+from mirror.store.engine import analyze_if_stale, write_transaction
 from mirror.store.fields import dumps, wrap_config
-from mirror.store.upsert import append_history, storage_id, upsert_runs
+from mirror.store.upsert import Appended, append_histories, storage_id, upsert_runs
 
 STATES = (
     "finished",
@@ -587,15 +587,17 @@ def seed_project(
         done += _write_batch(engine, entity, project, batch)
         if progress is not None:
             progress(done)
-    analyze(engine)
+    analyze_if_stale(engine)
     return done
 
 
 def _write_batch(engine: Engine, entity: str, project: str, batch: list[SynthRun]) -> int:
     with write_transaction(engine) as conn:
         ids = upsert_runs(conn, entity, project, [run.node for run in batch])
+        streams: list[Appended] = []
         for run in batch:
             run_row = ids[run.node["name"]]
-            append_history(conn, run_row, run.history, "history")
-            append_history(conn, run_row, run.events, "events")
+            streams.append((run_row, "history", list(run.history), 0))
+            streams.append((run_row, "events", list(run.events), 0))
+        append_histories(conn, streams)
     return len(batch)

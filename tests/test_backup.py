@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from legacy_mirror import write_legacy_project
 from server_process import clean_env
 from sync_env import run_cli
 
@@ -254,7 +255,7 @@ def test_restore_upgrades_a_snapshot_of_an_older_schema(tmp_path: Path) -> None:
     db = tmp_path / "old" / "mirror.db"
     engine = make_engine(db)
     migrate.upgrade(engine, older)
-    seed_project(engine, ENTITY, PROJECT, 5, 10, seed=1)
+    write_legacy_project(engine, ENTITY, PROJECT, 5)  # as the code of that schema wrote it
     snap = take_backup(engine, tmp_path / "snaps").path
     engine.dispose()
     assert verify_snapshot(snap).ok

@@ -144,16 +144,13 @@ def test_a_long_import_lets_other_writers_take_turns(tmp_path):
 def test_an_import_that_fails_midway_leaves_nothing(tmp_path, monkeypatch):
     source = _write_export(tmp_path / "export", 40, 20)
     engine = _fresh(tmp_path / "mirror.db")
-    calls = {"n": 0}
-    real = exchange.append_history
+    real = exchange.append_histories
 
-    def failing(*args: Any, **kwargs: Any) -> int:
-        calls["n"] += 1
-        if calls["n"] == 25:
-            raise OSError("disk full")
-        return real(*args, **kwargs)
+    def failing(conn: Any, items: Any) -> list[int]:
+        real(conn, items[: len(items) // 2])  # half of the staged rows are written, then
+        raise OSError("disk full")  # the disk fills up
 
-    monkeypatch.setattr(exchange, "append_history", failing)
+    monkeypatch.setattr(exchange, "append_histories", failing)
     with pytest.raises(OSError, match="disk full"):
         import_dir(engine, source)
     with read_transaction(engine) as conn:
@@ -161,7 +158,7 @@ def test_an_import_that_fails_midway_leaves_nothing(tmp_path, monkeypatch):
         assert conn.execute(select(func.count()).select_from(history_chunks)).scalar_one() == 0
         assert conn.execute(select(func.count()).select_from(projects)).scalar_one() == 0
 
-    monkeypatch.setattr(exchange, "append_history", real)
+    monkeypatch.setattr(exchange, "append_histories", real)
     import_dir(engine, source)  # the project exists now: a failed re-import changes nothing
     with read_transaction(engine) as conn:
         before = [dict(r) for r in conn.execute(select(runs).order_by(runs.c.id)).mappings()]
@@ -173,8 +170,7 @@ def test_an_import_that_fails_midway_leaves_nothing(tmp_path, monkeypatch):
     for i in range(40):
         with (source / "history" / f"wide{i:04d}.jsonl").open("a") as handle:
             handle.write(json.dumps({"_step": 99, "loss": 0.0}) + "\n")
-    calls["n"] = 0
-    monkeypatch.setattr(exchange, "append_history", failing)
+    monkeypatch.setattr(exchange, "append_histories", failing)
     with pytest.raises(OSError, match="disk full"):
         import_dir(engine, source)
     with read_transaction(engine) as conn:
@@ -182,7 +178,7 @@ def test_an_import_that_fails_midway_leaves_nothing(tmp_path, monkeypatch):
         rows = conn.execute(select(func.sum(history_chunks.c.row_count))).scalar_one()
     assert after == before and rows == 40 * 5
 
-    monkeypatch.setattr(exchange, "append_history", real)
+    monkeypatch.setattr(exchange, "append_histories", real)
     summary = import_dir(engine, source)
     assert (summary.runs, summary.history_rows) == (40, 40)
     with read_transaction(engine) as conn:

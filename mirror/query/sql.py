@@ -1,8 +1,9 @@
 """Filter trees (``mirror.query.filters``) compiled to SQLAlchemy Core over the field index.
 
 A leaf becomes ``runs.id IN (SELECT run_id FROM run_fields WHERE key_id = <path's id> AND ...)``,
-which the ``(key_id, kind, num)`` and ``(key_id, kind, txt)`` indexes answer directly; a key id is
-a scalar subquery on ``field_keys``, so a path the project has never seen matches as missing.
+which the covering ``(key_id, kind, num, txt, run_id)`` index answers directly (a test on text
+pins ``num IS NULL``, true of every text row, so it is a range of that index); a key id is a
+scalar subquery on ``field_keys``, so a path the project has never seen matches as missing.
 Negations are ``NOT IN`` of the positive test, which is MongoDB's meaning for missing fields and
 for arrays (``$ne: "a"`` excludes runs whose tags contain "a"). Run attributes are compared on
 their ``runs`` columns, null-safely, since the document holds exactly those values.
@@ -60,7 +61,7 @@ from sqlalchemy.sql.visitors import InternalTraversal
 
 from mirror.query import regex
 from mirror.query.filters import And, Compare, Exists, In, Node, Not, Or, Order, Regex, Size
-from mirror.store.fields import MAX_INDEXED_ARRAY, RUN_ATTRIBUTES, Kind, canonical, typed
+from mirror.store.fields import MAX_INDEXED_ARRAY, RUN_ATTRIBUTES, Kind, typed
 from mirror.store.models import field_keys, run_fields, runs
 from mirror.store.read import iter_runs
 
@@ -261,9 +262,8 @@ class _Compiler:
                 groups.setdefault((int(kind), "txt"), set()).add(txt)
         for (kind, name), members in groups.items():
             column = run_fields.c[name]
-            held = self.rows(
-                path, run_fields.c.kind == _const(kind), _one_of(column, list(members))
-            )
+            kind_test = [run_fields.c.kind == _const(kind), *_pinned(kind)]
+            held = self.rows(path, *kind_test, _one_of(column, list(members)))
             if len(members) > 1:
                 held = held.group_by(run_fields.c.run_id)
                 held = held.having(func.count(column.distinct()) == len(members))
@@ -343,9 +343,10 @@ class _Compiler:
         texts = run_fields.alias("regex_texts")
         string = _const(int(Kind.STRING))
         distinct = select(texts.c.txt).where(
-            texts.c.key_id == self.key_id(node.path), texts.c.kind == string
+            texts.c.key_id == self.key_id(node.path), texts.c.kind == string, texts.c.num.is_(None)
         )
-        return [run_fields.c.kind == string, _Matching(run_fields.c.txt, node.pattern, distinct)]
+        matching = _Matching(run_fields.c.txt, node.pattern, distinct)
+        return [run_fields.c.kind == string, *_pinned(Kind.STRING), matching]
 
     def _column_regex(self, column: str, pattern: str) -> Select:
         """The ids of runs whose ``column`` RE2 finds ``pattern`` in: a set read from the
@@ -542,11 +543,17 @@ def _value_test(op: str, value: Any) -> list[ColumnElement[bool]]:
             test.append(run_fields.c.num.is_(None))
         else:
             test.append(_OPS[op](run_fields.c.num, num))
-    elif kind in (Kind.ARRAY, Kind.OBJECT):
-        test.append(run_fields.c.txt == canonical(value))
+    elif kind is Kind.ARRAY:  # an equal array has the same length: the index's next column
+        test += [run_fields.c.num == num, run_fields.c.txt == txt]
     else:
-        test.append(_OPS[op](run_fields.c.txt, txt))
+        test += [*_pinned(kind), _OPS[op](run_fields.c.txt, txt)]
     return test
+
+
+def _pinned(kind: int) -> list[ColumnElement[bool]]:
+    """``num IS NULL`` for the brackets where it always holds (texts and documents): it pins the
+    index's ``num`` column, so a test on ``txt`` is a range of the index, not a scan of the key."""
+    return [run_fields.c.num.is_(None)] if kind in (Kind.STRING, Kind.OBJECT) else []
 
 
 def _membership(values: tuple[Any, ...]) -> ColumnElement[bool]:
@@ -562,9 +569,8 @@ def _membership(values: tuple[Any, ...]) -> ColumnElement[bool]:
         else:
             groups.setdefault((int(kind), "txt"), []).append(txt)
     for (kind, column), members in groups.items():
-        tests.append(
-            and_(run_fields.c.kind == _const(kind), _one_of(run_fields.c[column], members))
-        )
+        kind_test = [run_fields.c.kind == _const(kind), *_pinned(kind)]
+        tests.append(and_(*kind_test, _one_of(run_fields.c[column], members)))
     return _joined(tests, False) if tests else false()
 
 

@@ -31,7 +31,12 @@ from sqlalchemy.exc import DatabaseError
 
 from mirror.errors import MirrorError
 from mirror.store.backup import snapshot
-from mirror.store.engine import shown, sqlite_path, write_transaction
+from mirror.store.engine import (
+    reclaim_free_pages,
+    schema_transaction,
+    shown,
+    sqlite_path,
+)
 from mirror.store.models import metadata
 
 #: how long an upgrade waits for another process's upgrade of the same database
@@ -183,7 +188,8 @@ def upgrade(engine: Engine, revision: str = "head") -> Path | None:
     """Bring the database to ``revision``; returns the snapshot taken first, if one was needed.
 
     A non-empty SQLite database is snapshotted before any upgrade that changes it, so a failed or
-    regretted migration can be undone by copying the snapshot back over the database file.
+    regretted migration can be undone by copying the snapshot back over the database file, and
+    compacted after it when the upgrade left much of the file free.
     """
     target = head_revision() if revision == "head" else revision
     with _one_at_a_time(engine):
@@ -198,9 +204,11 @@ def upgrade(engine: Engine, revision: str = "head") -> Path | None:
         if path is not None and found.kind == "behind":
             taken = snapshot(engine, path.parent / "snapshots", label=f"pre-upgrade-{current}")
         cfg = _config()
-        with write_transaction(engine) as conn:
+        with schema_transaction(engine) as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+        if found.kind == "behind":
+            reclaim_free_pages(engine)
         return taken
 
 

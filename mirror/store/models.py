@@ -3,14 +3,20 @@
 The schema itself is created only by the Alembic scripts in ``migrations/``; these declarations
 are what the code reads and writes through, and a test checks that both agree.
 
-Three representations of a run live side by side, each for one job:
+Three representations of a run live side by side, each for one job, and each value is stored
+once in the form its job needs (schema 0005):
 
 * ``runs`` keeps every field exactly as W&B sends it (config, summary and system metrics as the
   raw JSON text, NaN and Infinity tokens included), so exports and the GraphQL server can hand
-  back byte-for-byte what came in.
+  back byte-for-byte what came in. The JSON documents are only ever read whole, so they are
+  stored compressed (``mirror.store.packing``); every reader still gets the exact text.
 * ``run_fields`` is a flattened index of the run as a MongoDB-like document (see
   ``mirror.store.fields``): one row per dotted path (and per array element), typed, so that
   filters compile to indexed SQL on any database instead of JSON functions SQLite 3.40 lacks.
+  Its rows are clustered by run (the primary key), which serves reindexing and the per-run
+  lookups of sorting, and one covering index by key and value serves every filter leaf. Run
+  attributes have no rows (filters read their ``runs`` columns), and a long document or array
+  is indexed by a bounded key, not by a copy of itself.
 * ``history_chunks`` keeps history and system-metric events in columnar compressed chunks (see
   ``mirror.store.history``), so a 200,000-step read is a handful of blob reads, not 200,000 rows.
 """
@@ -32,6 +38,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+
+from mirror.store.packing import PackedText
 
 metadata = MetaData(
     naming_convention={
@@ -79,10 +87,10 @@ runs = Table(
     Column("heartbeat_at", String(32)),
     Column("updated_at", String(32)),
     Column("history_line_count", Integer, nullable=False, default=0),
-    Column("history_keys", Text),  # raw JSON, as W&B's historyKeys
-    Column("config", Text, nullable=False, default="{}"),  # raw JSON text, values wrapped
-    Column("summary_metrics", Text, nullable=False, default="{}"),
-    Column("system_metrics", Text, nullable=False, default="{}"),
+    Column("history_keys", PackedText),  # raw JSON, as W&B's historyKeys
+    Column("config", PackedText, nullable=False, default="{}"),  # raw JSON text, values wrapped
+    Column("summary_metrics", PackedText, nullable=False, default="{}"),
+    Column("system_metrics", PackedText, nullable=False, default="{}"),
     UniqueConstraint("project_id", "name"),
     Index(None, "project_id", "deleted_at", "created_at", "name"),
     Index(None, "project_id", "display_name"),
@@ -128,15 +136,19 @@ field_keys = Table(
 run_fields = Table(
     "run_fields",
     metadata,
-    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
-    Column("key_id", Integer, ForeignKey("field_keys.id"), nullable=False),
+    Column("run_id", Integer, ForeignKey("runs.id"), primary_key=True),
+    Column("key_id", Integer, ForeignKey("field_keys.id"), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),  # the row's place in the run
     Column("elem", SmallInteger, nullable=False),  # 0: the value at the path, 1: an array element
     Column("kind", SmallInteger, nullable=False),  # mirror.store.fields.Kind
+    # A number, or an array's length; NULL for text, documents, null and NaN, so that a test on
+    # ``txt`` pins ``num IS NULL`` and the one index below serves numbers and texts alike.
     Column("num", Float),
-    Column("txt", Text),
-    Index(None, "key_id", "kind", "num", "run_id"),  # covering: a filter never reads the table
-    Index(None, "key_id", "kind", "txt", "run_id"),
-    Index(None, "run_id", "key_id"),
+    Column("txt", Text),  # a text, a document key (fields.document_key), "NaN", a big int
+    # covering: a filter leaf never reads the table
+    Index(None, "key_id", "kind", "num", "txt", "run_id", "elem"),
+    # On SQLite the table is its primary key's B-tree (no rowid, no separate run index).
+    sqlite_with_rowid=False,
 )
 
 history_chunks = Table(

@@ -25,8 +25,9 @@ from sqlalchemy import Connection, RowMapping, delete, func, insert, select, upd
 
 from mirror.errors import MirrorError
 from mirror.store.fields import dumps, loads
+from mirror.store.index import reindex
 from mirror.store.models import outbox, projects, runs
-from mirror.store.upsert import reindex, utcnow
+from mirror.store.upsert import utcnow
 
 PENDING, WAITING, CONFLICT, FAILED = "pending", "waiting", "conflict", "failed"
 OPEN = (PENDING, WAITING, CONFLICT, FAILED)

@@ -13,19 +13,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select
 
 from mirror.store import history as codec
-from mirror.store.fields import dumps, flatten, run_document
-from mirror.store.models import (
-    NODE_COLUMNS,
-    NODE_JSON_COLUMNS,
-    field_keys,
-    history_chunks,
-    projects,
-    run_fields,
-    runs,
-)
+from mirror.store.bulk import insert_rows, update_rows
+from mirror.store.fields import dumps
+from mirror.store.index import FieldKeys, IndexSource, reindex, write_index
+from mirror.store.models import NODE_COLUMNS, NODE_JSON_COLUMNS, history_chunks, projects, runs
 
 
 def utcnow() -> str:
@@ -81,27 +75,16 @@ def run_columns(entity: str, project: str, node: dict[str, Any]) -> dict[str, An
     return cols
 
 
-class FieldKeys:
-    """Ids of a project's field paths, loaded once and extended as new paths appear."""
-
-    def __init__(self, conn: Connection, project_id: int) -> None:
-        self.conn = conn
-        self.project_id = project_id
-        rows = conn.execute(
-            select(field_keys.c.path, field_keys.c.id).where(field_keys.c.project_id == project_id)
+def run_ids(conn: Connection, project_id: int, names: Sequence[str]) -> dict[str, int]:
+    """Row ids of the project's runs among ``names`` (a statement per 500 names)."""
+    found: dict[str, int] = {}
+    for start in range(0, len(names), 500):
+        part = list(names[start : start + 500])
+        query = select(runs.c.name, runs.c.id).where(
+            runs.c.project_id == project_id, runs.c.name.in_(part)
         )
-        self.ids: dict[str, int] = dict(rows.all())
-
-    def id(self, path: str) -> int:
-        found = self.ids.get(path)
-        if found is None:
-            found = self.conn.execute(
-                insert(field_keys)
-                .values(project_id=self.project_id, path=path)
-                .returning(field_keys.c.id)
-            ).scalar_one()
-            self.ids[path] = found
-        return found
+        found.update((name, run_id) for name, run_id in conn.execute(query))
+    return found
 
 
 def upsert_runs(
@@ -109,86 +92,67 @@ def upsert_runs(
 ) -> dict[str, int]:
     """Insert or update runs from W&B nodes, re-index them; returns run name → row id.
 
-    Batched: one round of inserts for new runs and one for their index rows, so seeding or
-    pulling a page of runs costs a few statements, not one per field. A run named twice (W&B
-    repeats runs across pages) is written once, from its last node; a run seen again is live,
-    so a tombstone left by an earlier deletion is cleared.
+    Batched: new runs are one prepared insert, updates one prepared update per shape of node,
+    index rows one insert per batch (``mirror.store.bulk``), so seeding or pulling a page of runs
+    costs a few statements, not one per run or field. The index is built from the texts being
+    stored, not read back; an update that leaves tags, config and summary alone keeps its index
+    rows. A run named twice (W&B repeats runs across pages) is written once, from its last node;
+    a run seen again is live, so a tombstone left by an earlier deletion is cleared.
     """
     project_id = ensure_project(conn, entity, project)
     nodes = list({node["name"]: node for node in nodes}.values())
     names = [n["name"] for n in nodes]
-    existing: dict[str, int] = {}
-    for start in range(0, len(names), 500):
-        part = names[start : start + 500]
-        existing.update(
-            conn.execute(
-                select(runs.c.name, runs.c.id).where(
-                    runs.c.project_id == project_id, runs.c.name.in_(part)
-                )
-            ).all()
-        )
+    existing = run_ids(conn, project_id, names)
     now = utcnow()
     fresh: list[dict[str, Any]] = []
+    updates: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    indexed: list[IndexSource] = []  # updated runs whose index the node's texts rebuild
+    stale: list[int] = []  # updated runs whose index needs a stored text the node lacks
     for node in nodes:
         cols = run_columns(entity, project, node)
         cols.update(synced_at=now, deleted_at=None)
-        if cols["name"] in existing:
-            run_id = existing[cols["name"]]
-            conn.execute(update(runs).where(runs.c.id == run_id).values(**cols))
-        else:
+        run_id = existing.get(cols["name"])
+        if run_id is None:
             cols.setdefault("created_at", now)
             cols["project_id"] = project_id
             fresh.append(cols)
+            continue
+        updates.setdefault(tuple(cols), []).append((run_id, *cols.values()))
+        texts = [cols.get(column, _UNSET) for column in _INDEXED_COLUMNS]
+        if _UNSET not in texts:
+            indexed.append((run_id, *texts))
+        elif any(text is not _UNSET for text in texts):
+            stale.append(run_id)
+    for columns, rows in updates.items():
+        update_rows(conn, runs, "id", columns, rows)
     if fresh:
-        _fill_defaults(fresh)
-        inserted = conn.execute(
-            insert(runs).returning(runs.c.name, runs.c.id, sort_by_parameter_order=True), fresh
-        )
-        existing.update(inserted.all())
-    ids = {name: existing[name] for name in names}
-    reindex(conn, project_id, list(ids.values()))
-    return ids
+        columns = _fill_defaults(fresh)
+        insert_rows(conn, runs, columns, [tuple(row[c] for c in columns) for row in fresh])
+        existing.update(run_ids(conn, project_id, [row["name"] for row in fresh]))
+    keys = FieldKeys(conn, project_id)
+    new = [(existing[row["name"]], *(row[c] for c in _INDEXED_COLUMNS)) for row in fresh]
+    write_index(conn, keys, new, replace=False)
+    write_index(conn, keys, indexed, replace=True)
+    if stale:
+        reindex(conn, project_id, stale)
+    return {name: existing[name] for name in names}
 
 
-def _fill_defaults(rows: list[dict[str, Any]]) -> None:
-    """Executemany needs every row to carry the same columns."""
-    columns = set().union(*(r.keys() for r in rows))
+_UNSET = object()
+#: the ``runs`` columns the field index is built from
+_INDEXED_COLUMNS = ("tags", "config", "summary_metrics")
+
+
+def _fill_defaults(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Give every row the same columns (one prepared insert takes them all); returns them."""
     defaults = {"tags": "[]", "config": "{}", "summary_metrics": "{}", "system_metrics": "{}"}
     defaults["history_line_count"] = 0
+    columns = tuple(sorted(set(defaults).union(*(r.keys() for r in rows))))
     for row in rows:
         for column in columns:
-            row.setdefault(column, defaults.get(column))
-        for column, value in defaults.items():
             if row.get(column) is None:
-                row[column] = value
-
-
-def reindex(conn: Connection, project_id: int, run_ids: Sequence[int]) -> None:
-    """Rebuild the ``run_fields`` rows of some runs from their stored columns."""
-    if not run_ids:
-        return
-    keys = FieldKeys(conn, project_id)
-    rows: list[dict[str, Any]] = []
-    for start in range(0, len(run_ids), 500):
-        part = run_ids[start : start + 500]
-        conn.execute(delete(run_fields).where(run_fields.c.run_id.in_(part)))
-        for run in conn.execute(select(runs).where(runs.c.id.in_(part))).mappings():
-            for path, elem, kind, num, txt in flatten(run_document(run)):
-                rows.append(
-                    {
-                        "run_id": run["id"],
-                        "key_id": keys.id(path),
-                        "elem": elem,
-                        "kind": kind,
-                        "num": num,
-                        "txt": txt,
-                    }
-                )
-            if len(rows) >= 20_000:
-                conn.execute(insert(run_fields), rows)
-                rows = []
-    if rows:
-        conn.execute(insert(run_fields), rows)
+                row[column] = defaults.get(column)
+    return columns
 
 
 def last_step(conn: Connection, run_id: int, stream: str = "history") -> int | None:
@@ -291,13 +255,53 @@ def _compact(conn: Connection, run_id: int, stream: str) -> None:
 def _write_chunk(
     conn: Connection, run_id: int, stream: str, part: list[tuple[int, dict[str, Any]]]
 ) -> None:
-    conn.execute(
-        insert(history_chunks).values(
-            run_id=run_id,
-            stream=stream,
-            first_step=part[0][0],
-            last_step=part[-1][0],
-            row_count=len(part),
-            data=codec.encode([row for _, row in part]),
-        )
-    )
+    insert_rows(conn, history_chunks, _CHUNK_COLUMNS, [_chunk_row(run_id, stream, part)])
+
+
+_CHUNK_COLUMNS = ("run_id", "stream", "first_step", "last_step", "row_count", "data")
+
+
+def _chunk_row(run_id: int, stream: str, part: list[tuple[int, dict[str, Any]]]) -> tuple[Any, ...]:
+    data = codec.encode([row for _, row in part])
+    return run_id, stream, part[0][0], part[-1][0], len(part), data
+
+
+#: one stream's rows for :func:`append_histories`: run id, stream, rows, first ordinal
+Appended = tuple[int, str, Sequence[dict[str, Any]], int]
+
+
+def append_histories(conn: Connection, items: Sequence[Appended]) -> list[int]:
+    """:func:`append_history` for many streams at once; returns the rows added to each.
+
+    A seed or an import writes the rows of many runs together, most of them new: streams with
+    nothing stored yet become chunks written in one prepared insert, instead of a look at each
+    stream's tail and a statement per chunk. Streams that hold rows already, or come twice, are
+    appended one by one, with the same rules.
+    """
+    stored: set[tuple[int, str]] = set()
+    ids = sorted({item[0] for item in items})
+    c = history_chunks.c
+    for start in range(0, len(ids), 500):
+        query = select(c.run_id, c.stream).where(c.run_id.in_(ids[start : start + 500]))
+        stored.update((run_id, stream) for run_id, stream in conn.execute(query.distinct()))
+    pending: list[tuple[Any, ...]] = []
+    added: list[int] = []
+    for run_id, stream, rows, start in items:
+        if (run_id, stream) in stored:
+            insert_rows(conn, history_chunks, _CHUNK_COLUMNS, pending)
+            pending = []
+            added.append(append_history(conn, run_id, rows, stream, start))
+            continue
+        numbered: list[tuple[int, dict[str, Any]]] = []
+        after = None
+        for step, row in codec.number_rows(rows, start):
+            if after is None or step > after:  # a repeated or backwards step is skipped
+                numbered.append((step, row))
+                after = step
+        for begin in range(0, len(numbered), codec.CHUNK_ROWS):
+            pending.append(_chunk_row(run_id, stream, numbered[begin : begin + codec.CHUNK_ROWS]))
+        added.append(len(numbered))
+        if numbered:
+            stored.add((run_id, stream))
+    insert_rows(conn, history_chunks, _CHUNK_COLUMNS, pending)
+    return added

@@ -35,7 +35,7 @@ from mirror.remote.client import AuthError
 from mirror.remote.parquet import ExportedFile
 from mirror.remote.project import ProjectNotFound, RemoteProject
 from mirror.store import outbox
-from mirror.store.engine import analyze, write_transaction
+from mirror.store.engine import analyze_if_stale, write_transaction
 from mirror.store.history import step_of
 from mirror.store.read import find_project, find_run
 from mirror.store.upsert import append_history, ensure_project, upsert_runs, utcnow
@@ -273,8 +273,8 @@ class ProjectPull:
         self.report.deleted = len(plan.gone)
         self.report.unchanged = plan.unchanged
         self._fetch(plan.to_fetch, listed, old, set(plan.new), set(plan.revived))
-        if self.report.new >= 1000 or self.report.new > len(local):
-            analyze(self.engine)
+        if self.report.new:
+            analyze_if_stale(self.engine)
 
     # --- listing -----------------------------------------------------------------------------
 
