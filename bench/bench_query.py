@@ -36,9 +36,9 @@ from common import (
     machine,
     mark_fixture,
     out_path,
+    report_targets,
     table,
     time_ms,
-    verdict,
 )
 
 ENTITY, PROJECT = "bench", "runs"
@@ -285,13 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             targets.append((f"{query.name}: under 20 ms ({row[2]:.2f} ms)", row[2] < 20))
     if len(results) == len(SUITE):
         targets.append((f"geometric mean >= 30x ({mean:.1f}x)", mean >= 30))
-    print("\n## targets\n")
-    for label, ok in targets:
-        print(f"{verdict(ok)}  {label}")
-    failed = [label for label, ok in targets if not ok]
-    if failed:
-        print(f"\n{len(failed)} target(s) failed")
-    return 1 if failed else 0
+    return report_targets(targets)
 
 
 if __name__ == "__main__":

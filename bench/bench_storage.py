@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import fresh_database, machine, out_path, table, verdict
+from common import fresh_database, machine, out_path, report_targets, table
 
 ENTITY = "bench"
 SEED = 7
@@ -303,13 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = measure_history(max(10_000, int(args.history_rows * args.scale)))
         print("\n## history ingest\n")
         print(table(["side", "rows", "seconds", "rows / s", "vs Parquet"], rows))
-    print("\n## targets\n")
-    for label, ok in targets:
-        print(f"{verdict(ok)}  {label}")
-    failed = [label for label, ok in targets if not ok]
-    if failed:
-        print(f"\n{len(failed)} target(s) failed")
-    return 1 if failed else 0
+    return report_targets(targets)
 
 
 if __name__ == "__main__":

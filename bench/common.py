@@ -171,6 +171,17 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
+def report_targets(targets: Sequence[tuple[str, bool]]) -> int:
+    """Print the target lines; the script's exit code (1 when any failed)."""
+    print("\n## targets\n")
+    for label, ok in targets:
+        print(f"{verdict(ok)}  {label}")
+    failed = [label for label, ok in targets if not ok]
+    if failed:
+        print(f"\n{len(failed)} target(s) failed")
+    return 1 if failed else 0
+
+
 # --- the stand-in for W&B and the environments of the programs that talk to it -----------------
 
 
