@@ -106,7 +106,7 @@ def _fresh(path: Path) -> Any:
 
 
 def test_a_long_import_lets_other_writers_take_turns(tmp_path):
-    source = _write_export(tmp_path / "export", 500, 200, with_history=10)
+    source = _write_export(tmp_path / "export", 1000, 200, with_history=10)
     db = tmp_path / "mirror.db"
     engine = _fresh(db)
     command = [sys.executable, "-m", "mirror.cli", "--db", str(db), "import", str(source)]
@@ -133,11 +133,11 @@ def test_a_long_import_lets_other_writers_take_turns(tmp_path):
     seeder.wait(60)
     assert importer.returncode == 0, err
     assert seeder.returncode == 0, seeder.stderr.read() if seeder.stderr else ""
-    assert "500 runs, 50 history rows" in out
+    assert "1000 runs, 50 history rows" in out
     assert max(waits) < min(0.25 * took, 5), (max(waits), took)  # was most of the import
     with read_transaction(engine) as conn:
         count = conn.execute(select(func.count()).select_from(runs)).scalar_one()
-    assert count == 500 + 3 + len(waits)
+    assert count == 1000 + 3 + len(waits)
     engine.dispose()
 
 
