@@ -167,6 +167,21 @@ def canonical(value: Any) -> str:
     return dumps(_normal(value))
 
 
+#: a float token that may be integral (``2.0``, ``-0.0``, ``1e+16``), or a text looking like one
+_INTEGRAL_FLOAT = re.compile(r"\.0(?![0-9])|e\+")
+
+
+def _canonical_text(value: Any) -> str:
+    """``canonical(value)`` without its walk in Python where it would change nothing.
+
+    Normalising turns integral floats into ints; a float's ``repr`` is integral only as
+    ``<digits>.0`` or with a positive exponent, so a text holding neither is canonical already.
+    A text that does (or a string that looks so) is normalised the slow way.
+    """
+    text = dumps(value)
+    return text if _INTEGRAL_FLOAT.search(text) is None else canonical(value)
+
+
 def document_key(value: Any) -> str:
     """What the index holds for a document or an array: its canonical text when at most
     ``SHORT_DOCUMENT`` characters, else the first ``_KEY_PREFIX`` of them, a mark and a 128-bit
@@ -178,7 +193,7 @@ def document_key(value: Any) -> str:
     (and a short text sharing them), which sort by digest: an order of documents, which MongoDB
     sorts by BSON and the mirror by canonical text anyway, is approximate only there.
     """
-    text = canonical(value)
+    text = _canonical_text(value)
     if len(text) <= SHORT_DOCUMENT:
         return text
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
@@ -208,7 +223,6 @@ def typed(value: Any) -> tuple[Kind, float | None, str | None]:
 
 FieldRow = tuple[str, int, int, float | None, str | None]  # path, elem, kind, num, txt
 
-_encode_text = json.encoder.encode_basestring  # the C escaper json.dumps itself uses
 _NUMBER, _STRING, _OBJECT, _ARRAY = (
     int(Kind.NUMBER),
     int(Kind.STRING),
@@ -216,19 +230,6 @@ _NUMBER, _STRING, _OBJECT, _ARRAY = (
     int(Kind.ARRAY),
 )
 _NULL, _BOOL = int(Kind.NULL), int(Kind.BOOL)
-#: a float token that may be integral (``2.0``, ``-0.0``, ``1e+16``), or a text looking like one
-_INTEGRAL_FLOAT = re.compile(r"\.0(?![0-9])|e\+")
-
-
-def _canonical_text(value: Any) -> str:
-    """``canonical(value)`` without its walk in Python where it would change nothing.
-
-    Normalising turns integral floats into ints; a float's ``repr`` is integral only as
-    ``<digits>.0`` or with a positive exponent, so a text holding neither is canonical already.
-    A text that does (or a string that looks so) is normalised the slow way.
-    """
-    text = dumps(value)
-    return text if _INTEGRAL_FLOAT.search(text) is None else canonical(value)
 
 
 def flatten(doc: dict[str, Any]) -> list[FieldRow]:
@@ -242,18 +243,10 @@ def flatten(doc: dict[str, Any]) -> list[FieldRow]:
     Written for speed, since every run a sync, seed or import writes goes through it: one
     recursive pass that appends tuples, scalars typed inline, and each document's canonical text
     written by the C encoder (:func:`_canonical_text`). Rows equal ``typed`` of their value
-    (``tests/test_fields.py`` holds both to it).
+    (``tests/test_compact_store.py`` holds both to it).
     """
     out: list[FieldRow] = []
     seen: set[str] = set()
-
-    def key_of(value: Any) -> str:
-        """:func:`document_key`, with the canonical text from :func:`_canonical_text`."""
-        text = _canonical_text(value)
-        if len(text) <= SHORT_DOCUMENT:
-            return text
-        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        return f"{text[:_KEY_PREFIX]}{_KEY_MARK}{base64.b64encode(digest).decode()[:22]}"
 
     def scalar(value: Any) -> tuple[int, float | None, str | None] | None:
         """``typed(value)`` for a value that is no document or array, else None."""
@@ -286,14 +279,14 @@ def flatten(doc: dict[str, Any]) -> list[FieldRow]:
             out.append((path, own, *typed_value))
             return
         if type(value) is dict:
-            out.append((path, own, _OBJECT, None, key_of(value)))
+            out.append((path, own, _OBJECT, None, document_key(value)))
             if "_type" in value:
                 walk(f"{path}._type", value["_type"], elem)
                 return
             for key, sub in value.items():
                 walk(f"{path}.{key}", sub, elem)
             return
-        out.append((path, own, _ARRAY, float(len(value)), key_of(value)))
+        out.append((path, own, _ARRAY, float(len(value)), document_key(value)))
         if len(value) > MAX_INDEXED_ARRAY:
             return
         for i, item in enumerate(value):
@@ -301,14 +294,14 @@ def flatten(doc: dict[str, Any]) -> list[FieldRow]:
             if typed_item is not None:
                 out.append((path, 1, *typed_item))
             elif type(item) is dict:
-                out.append((path, 1, _OBJECT, None, key_of(item)))
+                out.append((path, 1, _OBJECT, None, document_key(item)))
                 if "_type" in item:
                     walk(f"{path}._type", item["_type"], 1)
                 else:
                     for key, sub in item.items():
                         walk(f"{path}.{key}", sub, 1)
             else:
-                out.append((path, 1, _ARRAY, float(len(item)), key_of(item)))
+                out.append((path, 1, _ARRAY, float(len(item)), document_key(item)))
             walk(f"{path}.{i}", item, elem)
 
     for key, value in doc.items():

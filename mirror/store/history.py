@@ -10,12 +10,13 @@ is a raw float64/int64 buffer numpy and pandas read without a Python loop:
   values here;
 * ``j``: anything else (strings, null, media objects, mixed types), as one JSON list.
 
-Layout: ``zstd(u32 header length | header JSON | buffers...)``. Numeric buffers are byte-shuffled
-(all first bytes, then all second bytes, ...), as Parquet's ``BYTE_STREAM_SPLIT`` does, and int
-columns delta-encoded first: the sign, exponent and high bytes of a metric that moves slowly then
-sit together, where the compressor finds their repeats (``bench/README.md`` has the figures that
-chose zstd level 3 with shuffling over zlib). Chunks written before that (schema 0004 and
-earlier) are ``zlib`` frames of the same layout without shuffling; both are read alike.
+Layout: ``zstd(u32 header length | header JSON | buffers...)``. Numeric buffers of at least
+``SHUFFLE_MIN`` values are byte-shuffled (all first bytes, then all second bytes, ...), as
+Parquet's ``BYTE_STREAM_SPLIT`` does, and int columns delta-encoded first: the sign, exponent and
+high bytes of a metric that moves slowly then sit together, where the compressor finds their
+repeats (``bench/README.md`` has the figures that chose zstd level 3 with shuffling over zlib).
+Chunks written before that (schema 0004 and earlier) are ``zlib`` frames of the same layout
+without shuffling; both are read alike.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ _MISSING = object()  # a key a row does not hold (None is a value W&B can log)
 _I64 = (-(2**63), 2**63 - 1)
 #: zstd level 3: 6-11% smaller than zlib level 1 with shuffling, and faster both ways
 LEVEL = 3
+#: columns with fewer values stay as plain buffers: shuffling a handful of values saves a few
+#: bytes and costs their reading more numpy calls than the values themselves
+SHUFFLE_MIN = 64
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _local = threading.local()  # zstd contexts are not safe to share between threads
 
@@ -157,14 +161,20 @@ def encode(rows: Sequence[dict[str, Any]]) -> bytes:
             entry["m"] = add(np.packbits(mask).tobytes())
         kind, ints = _column_kind(values)
         entry["t"] = kind
-        if kind == "i":
+        if kind == "i" and len(values) >= SHUFFLE_MIN:
             # wraps around on overflow, and the running sum on reading wraps back
             deltas = np.diff(np.asarray(values, dtype="<i8"), prepend=np.int64(0))
             entry["v"] = add(_shuffled(deltas))
             entry["s"] = entry["d"] = 1
+        elif kind == "i":
+            entry["v"] = add(np.asarray(values, dtype="<i8").tobytes())
         elif kind == "f":
-            entry["v"] = add(_shuffled(np.asarray(values, dtype="<f8")))
-            entry["s"] = 1
+            floats = np.asarray(values, dtype="<f8")
+            if len(values) >= SHUFFLE_MIN:
+                entry["v"] = add(_shuffled(floats))
+                entry["s"] = 1
+            else:
+                entry["v"] = add(floats.tobytes())
             if ints is not None:
                 entry["n"] = add(np.packbits(ints).tobytes())
         else:
