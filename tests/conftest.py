@@ -1,7 +1,14 @@
-"""Shared fixtures: real SQLite files in a temporary directory, never ``:memory:``."""
+"""Shared fixtures: real SQLite files in a temporary directory, never ``:memory:``, and a real
+PostgreSQL server started for the session (``tests/pg_server.py``).
+
+``database`` is the fixture a test takes to run on both: the test runs once per database with
+a fresh, migrated mirror, given as what ``--db`` and ``make_engine`` accept (a file path or a
+PostgreSQL URL). The PostgreSQL runs carry the ``postgresql`` mark.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +25,43 @@ def db_path(tmp_path: Path) -> Path:
     migrate.upgrade(engine)
     engine.dispose()
     return path
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[object]:
+    """This worker's PostgreSQL server, or a skip saying how to get one."""
+    from pg_server import SKIP_REASON, PostgresServer, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip(SKIP_REASON)
+    server = PostgresServer(bindir).start()
+    yield server
+    server.stop()
+
+
+BOTH = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
+
+
+@pytest.fixture(params=BOTH)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, migrated mirror on each database: an SQLite file's path or a PostgreSQL URL."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_server").new_database()
+    path = tmp_path / "mirror.db"
+    engine = make_engine(path)
+    migrate.upgrade(engine)
+    engine.dispose()
+    return str(path)
+
+
+@pytest.fixture(params=BOTH)
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a mirror can be made on each database: a path with no file yet, or an empty
+    PostgreSQL database."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_server").new_database(migrated=False)
+    return str(tmp_path / "mirror.db")
 
 
 @pytest.fixture

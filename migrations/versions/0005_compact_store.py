@@ -72,6 +72,7 @@ def upgrade() -> None:
                 existing_type=sa.Text(),
                 type_=sa.LargeBinary(),
                 existing_nullable=not _NOT_NULL[name],
+                postgresql_using=f"convert_to({name}, 'UTF8')",
             )
     runs = sa.table("runs", sa.column("id"), *(sa.column(name) for name in PACKED))
     for batch in _batches(conn, ["project_id", "tags", *PACKED]):
@@ -103,8 +104,12 @@ def downgrade() -> None:
         sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name=op.f("fk_run_fields_run_id_runs")),
     )
     runs = sa.table("runs", sa.column("id"), *(sa.column(name) for name in PACKED))
+    # PostgreSQL keeps the texts as UTF-8 bytes until the type change below decodes them
+    encode = conn.dialect.name == "postgresql"
     for batch in _batches(conn, list(PACKED)):
-        texts = [{"b_id": row["id"], **{n: _unpack(row[n]) for n in PACKED}} for row in batch]
+        texts = [
+            {"b_id": row["id"], **{n: _unpack(row[n], encode) for n in PACKED}} for row in batch
+        ]
         statement = runs.update().where(runs.c.id == sa.bindparam("b_id"))
         conn.execute(statement.values({n: sa.bindparam(n) for n in PACKED}), texts)
     with op.batch_alter_table("runs", schema=None) as batch_op:
@@ -114,6 +119,7 @@ def downgrade() -> None:
                 existing_type=sa.LargeBinary(),
                 type_=sa.Text(),
                 existing_nullable=not _NOT_NULL[name],
+                postgresql_using=f"convert_from({name}, 'UTF8')",
             )
     for batch in _batches(conn, ["project_id", *_DOCUMENT_COLUMNS]):
         _index(conn, batch, _rows_0004, with_seq=False)
@@ -153,8 +159,11 @@ def _pack(value: str | bytes | None) -> bytes | None:
     return pack_text(value.decode("utf-8") if isinstance(value, bytes) else value)
 
 
-def _unpack(value: bytes | None) -> str | None:
-    return None if value is None else unpack_text(value)
+def _unpack(value: bytes | None, encode: bool) -> str | bytes | None:
+    if value is None:
+        return None
+    text = unpack_text(value)
+    return text.encode("utf-8") if encode else text
 
 
 FieldRows = Callable[[Any], Iterable[tuple[str, int, int, float | None, str | None]]]
