@@ -131,7 +131,17 @@ class PostgresServer:
         from mirror.store import migrate
         from mirror.store.engine import make_engine
 
-        self.admin([f"CREATE DATABASE {TEMPLATE}"])
+        # a language's collation, as a team's server has, so that an ORDER BY or a comparison
+        # that forgets to compare bytes (MongoDB's order) gives a different answer here
+        try:
+            self.admin(
+                [
+                    f"CREATE DATABASE {TEMPLATE} LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
+                    "TEMPLATE template0"
+                ]
+            )
+        except psycopg.errors.FeatureNotSupported:  # a server built without ICU
+            self.admin([f"CREATE DATABASE {TEMPLATE}"])
         engine = make_engine(self.url(TEMPLATE))
         migrate.upgrade(engine)
         engine.dispose()
