@@ -12,7 +12,9 @@ nothing mistakes for a snapshot. A small JSON manifest beside each snapshot reco
 a good one long after the live mirror has moved on.
 
 These are store-level functions (an engine in, values out, nothing printed); the CLI and the
-daemon decide what to say. Only SQLite mirrors are backed up so far.
+daemon decide what to say. A PostgreSQL mirror's snapshots are ``pg_dump`` archives
+(``mirror-...dump``, :mod:`mirror.store.pg_backup`), named, listed, pruned and verified here
+like the SQLite ones.
 """
 
 from __future__ import annotations
@@ -32,16 +34,18 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine
 
 from mirror.errors import MirrorError
-from mirror.store.engine import sqlite_path
+from mirror.store import pg_backup
+from mirror.store.engine import default_db_path, shown, sqlite_path
 
 #: how a snapshot's final name is spelled; nothing else in a backup directory is ever touched
-SNAPSHOT_NAME = re.compile(r"^mirror-(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<seq>[1-9]\d{0,3}))?\.db$")
+SNAPSHOT_NAME = re.compile(
+    r"^mirror-(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<seq>[1-9]\d{0,3}))?\.(?:db|dump)$"
+)
 #: the hidden names a backup in progress writes to (``.mirror-<stamp>-<pid>-<random>...partial``)
-PARTIAL_NAME = re.compile(r"^\.mirror-\d{8}T\d{6}Z-[0-9a-z-]+\.(?:db|json)\.partial$")
+PARTIAL_NAME = re.compile(r"^\.mirror-\d{8}T\d{6}Z-[0-9a-z-]+\.(?:db|dump|json)\.partial$")
 #: partial files younger than this may belong to a backup still running, and are left alone
 PARTIAL_MAX_AGE = timedelta(days=1)
 MANIFEST_SUFFIX = ".json"
@@ -133,39 +137,54 @@ def parse_snapshot_name(path: Path) -> Snapshot | None:
 # --- where and how ------------------------------------------------------------------------------
 
 
-def _sqlite_file(engine: Engine) -> Path:
-    """The mirror's file; other databases are refused until the team mirror brings their own."""
+def _sqlite_file(engine: Engine) -> Path | None:
+    """The mirror's file, or ``None`` for PostgreSQL; other databases are refused."""
     path = sqlite_path(str(engine.url))
-    if path is None:
-        backend = make_url(str(engine.url)).get_backend_name()
+    if path is None and engine.dialect.name != "postgresql":
         raise MirrorError(
-            f"backups need an SQLite mirror so far; {backend} mirrors are not supported yet"
+            f"backups need an SQLite or PostgreSQL mirror; {engine.dialect.name} is neither"
         )
     return path
 
 
 def backup_dir(engine: Engine, dest: str) -> Path:
     """Where snapshots of this mirror go: ``dest`` (``~`` and ``$VARS`` expanded), else
-    ``backups/`` beside the database file, so a mirror and its backups move together."""
+    ``backups/`` beside the database file, so a mirror and its backups move together; for
+    PostgreSQL, which has no file to sit beside, ``backups/HOST-PORT-DATABASE`` in the data
+    directory the default SQLite mirror would use."""
     db = _sqlite_file(engine)
     if dest:
         return Path(os.path.expandvars(dest)).expanduser().resolve()
+    if db is None:
+        url = engine.url
+        name = f"{url.host or 'localhost'}-{url.port or 5432}-{url.database}"
+        return default_db_path().parent / "backups" / re.sub(r"[^\w.-]", "_", name)
     return db.parent / "backups"
 
 
 def row_counts(engine: Engine) -> dict[str, int]:
     """The live mirror's row counts, read in one transaction (the keys of a manifest's counts)."""
     with engine.connect() as conn, conn.begin():
-        return _count_rows(lambda sql: conn.exec_driver_sql(sql).fetchall())
+        return _live_counts(conn)
 
 
-def _count_rows(query: Callable[[str], Sequence[Any]]) -> dict[str, int]:
+def _live_counts(conn: Connection) -> dict[str, int]:
+    if conn.dialect.name == "postgresql":
+        names = pg_backup.tables(conn)
+    else:
+        names = {r[0] for r in conn.exec_driver_sql(_SQLITE_TABLES)}
+    return _count_rows(lambda sql: conn.exec_driver_sql(sql).fetchall(), names)
+
+
+_SQLITE_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
+
+
+def _count_rows(query: Callable[[str], Sequence[Any]], tables: set[str]) -> dict[str, int]:
     """What a mirror holds, table by table, for manifests and their comparison.
 
     Tables an older schema lacks are left out rather than counted as zero, so a snapshot of an
     older mirror compares only what it could have held.
     """
-    tables = {row[0] for row in query("SELECT name FROM sqlite_master WHERE type = 'table'")}
     counts: dict[str, int] = {}
     if "projects" in tables:
         counts["projects"] = int(query("SELECT count(*) FROM projects")[0][0])
@@ -210,25 +229,17 @@ def take_backup(engine: Engine, dest_dir: Path) -> Backup:
     taken_at = datetime.now(timezone.utc).replace(microsecond=0)
     stamp = taken_at.strftime(_STAMP)
     token = f"{os.getpid()}-{secrets.token_hex(3)}"
-    partial = dest_dir / f".mirror-{stamp}-{token}.db.partial"
+    suffix = ".db" if db is not None else pg_backup.SUFFIX
+    partial = dest_dir / f".mirror-{stamp}-{token}{suffix}.partial"
     try:
-        try:
-            _vacuum_into(engine, partial)
-        except sqlite3.Error as exc:  # a full disk, an unwritable directory, a damaged mirror
-            raise MirrorError(f"the backup of {db} into {dest_dir} failed: {exc}") from None
-        _fsync_file(partial)
-        with _open_snapshot(partial) as conn:
-            problems = _integrity_problems(conn)
-            if problems:
-                raise MirrorError(
-                    f"the copy of {db} failed SQLite's integrity check ({problems[0]}); the "
-                    "mirror itself may be damaged, so no snapshot was kept"
-                )
-            counts = _count_rows(lambda sql: conn.execute(sql).fetchall())
-            revision = _revision_of(conn)
+        if db is None:
+            counts, revision = pg_backup.dump(engine, partial, _snapshot_facts)
+            _fsync_file(partial)
+        else:
+            counts, revision = _copy_sqlite(engine, db, partial, dest_dir)
         digest = _sha256(partial)
         size = partial.stat().st_size
-        final = _claim_name(partial, dest_dir, stamp)
+        final = _claim_name(partial, dest_dir, stamp, suffix)
         manifest = {
             "format": MANIFEST_FORMAT,
             "file": final.name,
@@ -237,7 +248,7 @@ def take_backup(engine: Engine, dest_dir: Path) -> Backup:
             "bytes": size,
             "sha256": digest,
             "counts": counts,
-            "source": str(db),
+            "source": shown(engine.url),
         }
         _write_durably(
             manifest_path(final),
@@ -258,6 +269,36 @@ def take_backup(engine: Engine, dest_dir: Path) -> Backup:
     )
 
 
+def _copy_sqlite(
+    engine: Engine, db: Path, partial: Path, dest_dir: Path
+) -> tuple[dict[str, int], str | None]:
+    """``VACUUM INTO`` the partial file, fsynced and integrity-checked; its counts and revision."""
+    try:
+        _vacuum_into(engine, partial)
+    except sqlite3.Error as exc:  # a full disk, an unwritable directory, a damaged mirror
+        raise MirrorError(f"the backup of {db} into {dest_dir} failed: {exc}") from None
+    _fsync_file(partial)
+    with _open_snapshot(partial) as conn:
+        problems = _integrity_problems(conn)
+        if problems:
+            raise MirrorError(
+                f"the copy of {db} failed SQLite's integrity check ({problems[0]}); the "
+                "mirror itself may be damaged, so no snapshot was kept"
+            )
+        return _file_counts(conn), _revision_of(conn)
+
+
+def _file_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    names = {r[0] for r in conn.execute(_SQLITE_TABLES)}
+    return _count_rows(lambda sql: conn.execute(sql).fetchall(), names)
+
+
+def _snapshot_facts(conn: Connection) -> tuple[dict[str, int], str | None]:
+    """A PostgreSQL mirror's counts and revision, inside the transaction the dump reads."""
+    revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    return _live_counts(conn), revision
+
+
 def _vacuum_into(engine: Engine, target: Path) -> None:
     raw = engine.raw_connection()  # VACUUM cannot run inside the transaction SQLAlchemy opens
     try:
@@ -266,7 +307,7 @@ def _vacuum_into(engine: Engine, target: Path) -> None:
         raw.close()
 
 
-def _claim_name(partial: Path, dest_dir: Path, stamp: str) -> Path:
+def _claim_name(partial: Path, dest_dir: Path, stamp: str, suffix: str) -> Path:
     """Give the finished copy its final name, never replacing another snapshot.
 
     A hard link appears atomically with the complete file behind it and fails if the name is
@@ -274,7 +315,9 @@ def _claim_name(partial: Path, dest_dir: Path, stamp: str) -> Path:
     checked free is the fallback.
     """
     for seq in range(1, 10_000):
-        final = dest_dir / (f"mirror-{stamp}.db" if seq == 1 else f"mirror-{stamp}-{seq}.db")
+        final = dest_dir / (
+            f"mirror-{stamp}{suffix}" if seq == 1 else f"mirror-{stamp}-{seq}{suffix}"
+        )
         try:
             os.link(partial, final)
         except FileExistsError:
@@ -482,6 +525,17 @@ def _header_problem(path: Path) -> str | None:
     return None
 
 
+def _archive_header_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a ``pg_dump`` custom-format archive, judged from its first bytes."""
+    if not path.is_file():
+        return "no such file" if not path.exists() else "not a file"
+    with open(path, "rb") as src:
+        head = src.read(5)
+    if head != b"PGDMP":
+        return "not a pg_dump archive (it does not start with PGDMP)" if head else "empty file"
+    return None
+
+
 @contextmanager
 def _open_snapshot(path: Path) -> Iterator[sqlite3.Connection]:
     """A read-only connection to a snapshot file that writes nothing, not even -wal or -shm.
@@ -539,10 +593,13 @@ def verify_snapshot(path: Path, live_engine: Engine | None = None) -> Verificati
     manifest lies beside it, its sha256, revision and row counts. With ``live_engine``, how the
     live mirror's counts differ from the snapshot's goes into ``notes``: information only, the
     live mirror moves on. The file is opened read-only and immutable: nothing is written.
+    A PostgreSQL archive (``.dump``) is read back whole by ``pg_restore`` instead, and its rows
+    counted from what it holds.
     """
     path = Path(path)
     result = Verification(path)
-    problem = _header_problem(path)
+    archive = path.name.endswith(pg_backup.SUFFIX)
+    problem = _archive_header_problem(path) if archive else _header_problem(path)
     if problem is not None:
         result.problems.append(problem)
         return result
@@ -554,16 +611,24 @@ def verify_snapshot(path: Path, live_engine: Engine | None = None) -> Verificati
             f"its sha256 differs from the one in {manifest_path(path).name}: the file changed "
             "after the backup was taken"
         )
-    try:
-        with _open_snapshot(path) as conn:
-            integrity = _integrity_problems(conn)
-            result.problems.extend(integrity)
-            result.revision = _revision_of(conn)
-            if not integrity:
-                result.counts = _count_rows(lambda sql: conn.execute(sql).fetchall())
-    except sqlite3.DatabaseError as exc:
-        result.problems.append(f"SQLite cannot read it: {str(exc).splitlines()[0]}")
-        return result
+    if archive:
+        try:
+            contents = pg_backup.read_archive(path)
+        except MirrorError as exc:
+            result.problems.append(str(exc))
+            return result
+        result.counts, result.revision = contents.counts, contents.revision
+    else:
+        try:
+            with _open_snapshot(path) as conn:
+                integrity = _integrity_problems(conn)
+                result.problems.extend(integrity)
+                result.revision = _revision_of(conn)
+                if not integrity:
+                    result.counts = _file_counts(conn)
+        except sqlite3.DatabaseError as exc:
+            result.problems.append(f"SQLite cannot read it: {str(exc).splitlines()[0]}")
+            return result
     _check_revision(result)
     if manifest is not None:
         _check_manifest(result, manifest)
@@ -665,17 +730,27 @@ def restore(engine: Engine, snapshot: Path) -> Path | None:
     5. ``os.replace`` swaps the copy onto the database path, atomically;
     6. a snapshot at an older schema is upgraded at once, so the mirror is usable right away.
     ``None`` is returned when there was no database to keep (restoring onto a new machine).
+    A PostgreSQL mirror is restored from a ``.dump`` archive (:func:`_restore_postgresql`).
     """
     db = _sqlite_file(engine)
     snapshot = Path(snapshot)
+    where = shown(engine.url)
+    if snapshot.name.endswith(pg_backup.SUFFIX) != (db is None):
+        kind = "a PostgreSQL archive" if db is not None else "an SQLite snapshot"
+        raise MirrorError(
+            f"{snapshot} is {kind}, which restores only onto a mirror of its own database kind; "
+            f"{where} is unchanged (`wandb-mirror import` moves data between the two)"
+        )
     checked = verify_snapshot(snapshot)
     if not checked.ok:
         more = len(checked.problems) - 1
         also = f" (and {more} more problems: `wandb-mirror verify` lists them)" if more else ""
         raise MirrorError(
-            f"{snapshot} cannot be restored: {checked.problems[0]}{also}; {db} is unchanged"
+            f"{snapshot} cannot be restored: {checked.problems[0]}{also}; {where} is unchanged"
         )
     stamp = datetime.now(timezone.utc).strftime(_STAMP)
+    if db is None:
+        return _restore_postgresql(engine, snapshot, checked, stamp)
     temporary = db.with_name(f".{db.name}.restore-{stamp}-{os.getpid()}.partial")
     db.parent.mkdir(parents=True, exist_ok=True)
     for leftover in db.parent.glob(f".{db.name}.restore-*.partial*"):
@@ -696,6 +771,30 @@ def restore(engine: Engine, snapshot: Path) -> Path | None:
     if checked.revision != head:
         from mirror.store import migrate
 
+        migrate.upgrade(engine)
+        engine.dispose()
+    return aside
+
+
+def _restore_postgresql(
+    engine: Engine, snapshot: Path, checked: Verification, stamp: str
+) -> Path | None:
+    """Dump the mirror as it is beside the snapshot, then replace its tables in one transaction.
+
+    The dump (``before-restore-<stamp>.dump``, outside the snapshots' names and so never
+    pruned) is what the SQLite restore's kept file is: the way back. Readers holding a table
+    are waited for up to ``pg_backup.LOCK_TIMEOUT_MS``, then the restore fails, changing nothing.
+    """
+    from mirror.store import migrate
+
+    aside = None
+    if migrate.current_revision(engine) is not None:
+        aside = snapshot.parent / f"before-restore-{stamp}{pg_backup.SUFFIX}"
+        pg_backup.dump(engine, aside, lambda _conn: ({}, None))
+    pg_backup.restore_archive(engine, snapshot)
+    engine.dispose()
+    _, head = known_revisions()
+    if checked.revision != head:
         migrate.upgrade(engine)
         engine.dispose()
     return aside
