@@ -175,6 +175,27 @@ def analyze(engine: Engine) -> None:
         conn.commit()
 
 
+def _run_counts(conn: Connection) -> tuple[int | None, int]:
+    """The runs the statistics were taken with (``None``: never taken) and the runs now."""
+    current = int(conn.exec_driver_sql("SELECT count(*) FROM runs").scalar() or 0)
+    if conn.dialect.name == "postgresql":
+        # reltuples: the rows ANALYZE (or VACUUM) last saw, -1 when neither has run
+        tuples = conn.exec_driver_sql(
+            "SELECT reltuples FROM pg_class WHERE oid = to_regclass('runs')"
+        ).scalar()
+        return (None if tuples is None or tuples < 0 else int(tuples)), current
+    has_stats = conn.exec_driver_sql(
+        "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'"
+    ).scalar()
+    recorded = None
+    if has_stats:
+        stat = conn.exec_driver_sql(
+            "SELECT stat FROM sqlite_stat1 WHERE tbl = 'runs' LIMIT 1"
+        ).scalar()
+        recorded = int(stat.split()[0]) if stat else None
+    return recorded, current
+
+
 #: statistics are refreshed once the runs table holds this many times more (or fewer) rows
 STALE_FACTOR = 2
 
@@ -185,21 +206,11 @@ def analyze_if_stale(engine: Engine) -> bool:
     Plans follow the tables' proportions (rows per key, per value), which stay put while a
     mirror grows, so statistics are refreshed when there are none yet or the number of runs
     has changed by ``STALE_FACTOR`` since they were taken, not after every seed, import or pull.
-    PostgreSQL's autovacuum keeps its own statistics current.
+    PostgreSQL's autovacuum would get there too, but only a minute or so later, and the first
+    queries after a big import would be planned on the statistics of an empty table.
     """
-    if engine.dialect.name != "sqlite":
-        return False
     with engine.connect() as conn:
-        has_stats = conn.exec_driver_sql(
-            "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'"
-        ).scalar()
-        recorded = None
-        if has_stats:
-            stat = conn.exec_driver_sql(
-                "SELECT stat FROM sqlite_stat1 WHERE tbl = 'runs' LIMIT 1"
-            ).scalar()
-            recorded = int(stat.split()[0]) if stat else None
-        current = conn.exec_driver_sql("SELECT count(*) FROM runs").scalar() or 0
+        recorded, current = _run_counts(conn)
     if recorded is not None and recorded / STALE_FACTOR < current < recorded * STALE_FACTOR:
         return False
     if recorded is None and current == 0:
