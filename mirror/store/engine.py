@@ -36,10 +36,17 @@ def default_db_path() -> Path:
 
 
 def database_url(database: str | os.PathLike[str] | None = None) -> str:
-    """A path or an SQLAlchemy URL → an SQLAlchemy URL (``None``: ``WANDB_MIRROR_DB`` or default)."""
+    """A path or an SQLAlchemy URL → an SQLAlchemy URL (``None``: ``WANDB_MIRROR_DB`` or default).
+
+    A libpq URL (``postgresql://`` or ``postgres://``, as ``psql`` takes) means psycopg 3, the
+    driver wandb-mirror installs, rather than SQLAlchemy's default for it.
+    """
     if database is None:
         database = os.environ.get("WANDB_MIRROR_DB") or default_db_path()
     text = os.fspath(database)
+    for bare in ("postgresql://", "postgres://"):  # libpq's spelling: the driver we ship
+        if text.startswith(bare):
+            return "postgresql+psycopg://" + text[len(bare) :]
     if "://" in text:
         return text
     return f"sqlite:///{Path(text).expanduser().resolve()}"
