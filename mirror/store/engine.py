@@ -163,8 +163,17 @@ def schema_transaction(engine: Engine) -> Iterator[Connection]:
 
 @contextmanager
 def read_transaction(engine: Engine) -> Iterator[Connection]:
-    """A consistent snapshot for reading (WAL: never blocked by a writer)."""
-    with engine.connect() as conn, conn.begin():
+    """A consistent snapshot for reading, never blocked by a writer.
+
+    SQLite's WAL gives a transaction one snapshot from its first read. PostgreSQL's default,
+    READ COMMITTED, takes a new one for every statement, so a listing that counts, then reads
+    a page, then the page's history could see a sync's page commit in between; REPEATABLE
+    READ keeps the first one for the whole transaction, as SQLite does.
+    """
+    conn = engine.connect()
+    if engine.dialect.name == "postgresql":
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+    with conn, conn.begin():
         yield conn
 
 
