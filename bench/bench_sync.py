@@ -28,6 +28,9 @@ Then, against the mirror of each mode: a re-sync with nothing changed, and a re-
 the runs logged 100 more steps and another 1% had their summary edited (written straight into
 the upstream database, as ``tests/sync_env.py`` does).
 
+With ``--postgresql URL`` the mirror also syncs each mode into a fresh PostgreSQL database on
+that server, against a fresh server of its own, reported beside the SQLite sync.
+
 Usage: ``.venv/bin/python bench/bench_sync.py [--runs 1000] [--steps 1000] [--latency-ms 50]``;
 ``--runs 200`` for a quick look; ``--also-min-rows 1`` also times, in parquet mode, a mirror that
 reads every export (``parquet_min_rows = 1``). Exits 1 when a target is missed. The seeded
@@ -305,7 +308,7 @@ def measured(server: Server, cmd: list[str], env: dict[str, str], label: str) ->
     }
 
 
-def sync_mirror(server: Server, mirror: Path, config: Path, home: Path, label: str) -> dict:
+def sync_mirror(server: Server, mirror: Path | str, config: Path, home: Path, label: str) -> dict:
     cmd = [sys.executable, "-m", "mirror.cli", "--db", str(mirror), "--config", str(config)]
     result = measured(server, [*cmd, "sync", PATH], mirror_env(server.url, home, KEY), label)
     lines = [ln for ln in result["stdout"].splitlines() if ln.startswith(PATH + ":")]
@@ -323,6 +326,20 @@ def sync_mirror(server: Server, mirror: Path, config: Path, home: Path, label: s
 def _number_before(line: str, suffix: str) -> int:
     found = re.search(r"([0-9][0-9,]*)" + re.escape(suffix), line)
     return int(found.group(1).replace(",", "")) if found else -1
+
+
+def fresh_postgresql(server_url: str, name: str) -> str:
+    """An empty database ``name`` on the server of ``server_url`` (dropped first if there)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    url = make_url(server_url)
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
 
 
 def sync_baseline(server: Server, out: Path, home: Path, per_page: int, page_size: int) -> dict:
@@ -450,6 +467,13 @@ def run_mode(
         for suffix in ("", "-wal", "-shm"):
             (work / f"mirror-alt.db{suffix}").unlink(missing_ok=True)
 
+    if args.postgresql:
+        target = fresh_postgresql(args.postgresql, f"wm_bench_sync_{mode}")
+        print(f"[{mode}] mirror into PostgreSQL: initial sync ...", flush=True)
+        with Server(db, work / "serve-mirror-pg.log", server_args) as server:
+            found["mirror_pg"] = sync_mirror(server, target, config, home, "mirror sync (pg)")
+        print(f"[{mode}]   {found['mirror_pg']['line']}", flush=True)
+
     if not args.skip_baseline:
         print(f"[{mode}] baseline: wandb.Api + scan_history ...", flush=True)
         with Server(db, work / "serve-baseline.log", server_args) as server:
@@ -532,6 +556,20 @@ def report(results: list[dict[str, Any]], minimum: int, args: argparse.Namespace
                 mirror["rows"],
             ]
         )
+        pg = found.get("mirror_pg")
+        if pg:
+            rows.append(
+                [
+                    mode,
+                    "mirror into PostgreSQL",
+                    pg["seconds"],
+                    f"{pg['requests']:,} ({pg['own_requests']:,} own count)",
+                    pg["downloads"],
+                    mb(pg["peak_tree"]),
+                    f"{pg['cpu']:.0f} / {pg['server_cpu']:.0f}",
+                    pg["rows"],
+                ]
+            )
         alt = found.get("mirror_alt")
         if alt:
             rows.append(
@@ -691,6 +729,11 @@ def main() -> int:
         help="in parquet mode, also time a mirror sync with parquet_min_rows = N (for information)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work copies")
+    parser.add_argument(
+        "--postgresql",
+        metavar="URL",
+        help="also sync into PostgreSQL: a URL of the server (databases wm_bench_sync_MODE are made)",
+    )
     args = parser.parse_args()
     args.load_at_start = ", ".join(f"{v:.1f}" for v in os.getloadavg())
 
