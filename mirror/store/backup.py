@@ -766,14 +766,19 @@ def restore(engine: Engine, snapshot: Path) -> Path | None:
     finally:
         for leftover in (temporary, _side(temporary, "-wal"), _side(temporary, "-shm")):
             leftover.unlink(missing_ok=True)
+    _upgrade_restored(engine, checked)
+    return aside
+
+
+def _upgrade_restored(engine: Engine, checked: Verification) -> None:
+    """Bring a mirror restored from an older schema up to date, so it is usable at once."""
+    from mirror.store import migrate  # imported here: migrate imports this module
+
     engine.dispose()
     _, head = known_revisions()
     if checked.revision != head:
-        from mirror.store import migrate
-
         migrate.upgrade(engine)
         engine.dispose()
-    return aside
 
 
 def _restore_postgresql(
@@ -792,11 +797,7 @@ def _restore_postgresql(
         aside = snapshot.parent / f"before-restore-{stamp}{pg_backup.SUFFIX}"
         pg_backup.dump(engine, aside, lambda _conn: ({}, None))
     pg_backup.restore_archive(engine, snapshot)
-    engine.dispose()
-    _, head = known_revisions()
-    if checked.revision != head:
-        migrate.upgrade(engine)
-        engine.dispose()
+    _upgrade_restored(engine, checked)
     return aside
 
 
