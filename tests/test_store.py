@@ -38,7 +38,8 @@ def node(name: str, **extra):
     return base
 
 
-def test_models_and_migrations_agree(engine):
+def test_models_and_migrations_agree(db_engine):
+    engine = db_engine
     assert migrate.current_revision(engine) == migrate.head_revision()
     assert migrate.schema_differences(engine) == []
 
@@ -59,15 +60,15 @@ def test_upgrading_a_mirror_with_data_snapshots_it_first(tmp_path: Path):
         assert conn.exec_driver_sql("SELECT name FROM runs").scalars().all() == ["old000"]
 
 
-def test_a_foreign_database_is_refused_untouched(tmp_path: Path):
-    path = tmp_path / "other.db"
-    engine = make_engine(path)
+def test_a_foreign_database_is_refused_untouched(empty_database: str, tmp_path: Path):
+    engine = make_engine(empty_database)
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE notes (body TEXT)")
     with pytest.raises(MirrorError, match="not a wandb-mirror database"):
         migrate.upgrade(engine)
     assert not (tmp_path / "snapshots").exists()
     assert inspect(engine).get_table_names() == ["notes"]
+    engine.dispose()
 
 
 def test_sqlite_runs_in_wal_mode(engine):
@@ -105,7 +106,8 @@ def test_reader_is_not_blocked_by_a_writer_in_another_process(engine, db_path: P
         assert sorted(conn.execute(select(runs.c.name)).scalars()) == ["r1", "r2"]
 
 
-def test_upsert_keeps_row_ids_and_reindexes(engine):
+def test_upsert_keeps_row_ids_and_reindexes(db_engine):
+    engine = db_engine
     with write_transaction(engine) as conn:
         first = upsert_runs(conn, "e", "p", [node("r1")])
         again = upsert_runs(conn, "e", "p", [node("r1", state="crashed", tags=["b", "c"])])
@@ -119,7 +121,8 @@ def test_upsert_keeps_row_ids_and_reindexes(engine):
         assert sorted(t for t in tag_rows if t in ("a", "b", "c")) == ["b", "c"]
 
 
-def test_a_page_naming_a_run_twice_writes_it_once_and_revives_tombstones(engine):
+def test_a_page_naming_a_run_twice_writes_it_once_and_revives_tombstones(db_engine):
+    engine = db_engine
     with write_transaction(engine) as conn:
         ids = upsert_runs(conn, "e", "p", [node("r1"), node("r1", state="crashed")])
         conn.execute(runs.update().values(deleted_at="2024-01-02T00:00:00"))
@@ -179,7 +182,8 @@ def test_chunk_round_trip_is_lossless():
     assert "eval/f1" not in back[1]
 
 
-def test_append_history_is_idempotent_and_keeps_chunks_full(engine, monkeypatch):
+def test_append_history_is_idempotent_and_keeps_chunks_full(db_engine, monkeypatch):
+    engine = db_engine
     monkeypatch.setattr(codec, "CHUNK_ROWS", 100)
     with write_transaction(engine) as conn:
         run_id = upsert_runs(conn, "e", "p", [node("r1")])["r1"]
@@ -199,7 +203,8 @@ def test_append_history_is_idempotent_and_keeps_chunks_full(engine, monkeypatch)
         assert all(set(r) <= {"_step", "eval/f1"} for r in keyed)
 
 
-def test_events_are_kept_apart_from_history(engine):
+def test_events_are_kept_apart_from_history(db_engine):
+    engine = db_engine
     with write_transaction(engine) as conn:
         run_id = upsert_runs(conn, "e", "p", [node("r1")])["r1"]
         append_history(conn, run_id, _rows(5))

@@ -79,14 +79,15 @@ def matching_texts(pattern: str, texts_json: str | None, hexed: int = 0) -> str:
     texts = json.loads(texts_json) if texts_json else []
     if hexed:
         texts = [bytes.fromhex(t).decode() for t in texts]
-    found = _matches(pattern, texts)
+    found = matching(pattern, texts)
     if hexed:
         found = [t.encode().hex().upper() for t in found]
     return json.dumps(found, ensure_ascii=False)
 
 
-def _matches(pattern: str, texts: list[str]) -> list[str]:
-    """The texts ``pattern`` is found in: newline-free ones in one scan where the pattern allows."""
+def matching(pattern: str, texts: list[str]) -> list[str]:
+    """The distinct ``texts`` ``pattern`` is found in: newline-free ones in one scan where the
+    pattern allows. Every SQL path ends here, once per pattern and statement."""
     anchored_to_value, newline_free = _batch_modes(pattern)
     if not anchored_to_value or not texts:
         return [t for t in texts if search(pattern, t)]

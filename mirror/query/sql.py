@@ -35,12 +35,16 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
+    ClauseElement,
     ColumnElement,
     CompoundSelect,
     Connection,
+    Engine,
     RowMapping,
     Select,
     and_,
+    any_,
     bindparam,
     case,
     event,
@@ -57,7 +61,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import Pool
 from sqlalchemy.sql.elements import KeyedColumnElement
-from sqlalchemy.sql.visitors import InternalTraversal
+from sqlalchemy.sql.visitors import InternalTraversal, iterate
 
 from mirror.query import regex
 from mirror.query.filters import And, Compare, Exists, In, Node, Not, Or, Order, Regex, Size
@@ -611,6 +615,10 @@ class _Uncached(ColumnElement[bool]):
     def __init__(self, condition: ColumnElement[bool]) -> None:
         self.condition = condition
 
+    def get_children(self, **kw: Any) -> list[ColumnElement[bool]]:
+        """The condition, for traversals (a regex inside is completed before execution)."""
+        return [self.condition]
+
 
 @compiles(_Uncached)
 def _compile_uncached(element: _Uncached, compiler: Any, **kw: Any) -> str:
@@ -619,7 +627,8 @@ def _compile_uncached(element: _Uncached, compiler: Any, **kw: Any) -> str:
 
 class _OneOf(ColumnElement[bool]):
     """``column IN (values)`` for a long list: on SQLite one JSON parameter read by
-    ``json_each``, elsewhere the usual expanding ``IN``.
+    ``json_each``, on PostgreSQL ``= ANY`` of one array parameter, elsewhere the usual expanding
+    ``IN``.
 
     Untyped, not Boolean, like :class:`_Matching`: SQLAlchemy would write a Boolean element as
     ``(...) = 1`` on SQLite, which hides the ``IN`` from the planner.
@@ -630,17 +639,25 @@ class _OneOf(ColumnElement[bool]):
         ("column", InternalTraversal.dp_clauseelement),
         ("listed", InternalTraversal.dp_clauseelement),
         ("as_json", InternalTraversal.dp_clauseelement),
+        ("as_array", InternalTraversal.dp_clauseelement),
     ]
 
     def __init__(self, column: ColumnElement[Any], values: list[Any]) -> None:
         self.column = column
-        self.listed = bindparam(None, values, expanding=True)
+        self.listed = bindparam(None, values, expanding=True, type_=column.type)
         self.as_json = bindparam(None, json.dumps(values, ensure_ascii=False))
+        self.as_array = bindparam(None, values, type_=ARRAY(column.type))
 
 
 @compiles(_OneOf)
 def _one_of_default(element: _OneOf, compiler: Any, **kw: Any) -> str:
     return compiler.process(element.column.in_(element.listed), **kw)
+
+
+@compiles(_OneOf, "postgresql")
+def _one_of_postgresql(element: _OneOf, compiler: Any, **kw: Any) -> str:
+    """One array parameter: one plan whatever the list's length, and no parameter limit."""
+    return compiler.process(element.column == any_(element.as_array), **kw)
 
 
 @compiles(_OneOf, "sqlite")
@@ -657,9 +674,14 @@ class _Matching(ColumnElement[bool]):
     when exact it decides the texts without a newline (or all), otherwise it picks candidates.
     The distinct texts left to decide are gathered into one JSON array, matched by one call of
     :func:`mirror.query.regex.matching_texts`, and looked up in what comes back. Texts holding a
-    NUL, which GLOB and ``json_each`` cut short, travel as hex, when there are any. Elsewhere
-    the database's own regular expressions answer (PostgreSQL's are not RE2, but do not
-    backtrack exponentially either).
+    NUL, which GLOB and ``json_each`` cut short, travel as hex, when there are any.
+
+    Elsewhere (PostgreSQL) the database's own regular expressions are not RE2 (``\\b``, ``.``
+    and newlines, ``\\pL``, named groups differ), and a database function cannot call Python.
+    So the statement is completed just before it runs (:func:`_match_before_execution`): the
+    distinct texts ``candidates`` selects are read on the same connection, matched in one
+    :func:`mirror.query.regex.matching` call, and bound as ``matched``, one array parameter,
+    for ``column = ANY(matched)``.
     """
 
     inherit_cache = True
@@ -671,11 +693,15 @@ class _Matching(ColumnElement[bool]):
         ("across_lines", InternalTraversal.dp_boolean),
         ("texts", InternalTraversal.dp_clauseelement),
         ("with_nul", InternalTraversal.dp_clauseelement),
+        ("candidates", InternalTraversal.dp_clauseelement),
+        ("matched", InternalTraversal.dp_clauseelement),
     ]
 
     def __init__(self, column: ColumnElement[Any], pattern: str, texts: Select) -> None:
         self.column = column
         self.pattern = bindparam(None, pattern)
+        self.candidates = texts.distinct()
+        self.matched = bindparam(None, [], type_=ARRAY(column.type))
         glob = regex.as_glob(pattern)
         self.exact = glob is not None and glob.exact
         self.across_lines = glob is not None and glob.across_lines
@@ -697,7 +723,7 @@ def _has(text: ColumnElement[Any], code: int) -> ColumnElement[bool]:
 
 @compiles(_Matching)
 def _matching_default(element: _Matching, compiler: Any, **kw: Any) -> str:
-    return compiler.process(element.column.regexp_match(element.pattern), **kw)
+    return compiler.process(element.column == any_(element.matched), **kw)
 
 
 @compiles(_Matching, "sqlite")
@@ -738,3 +764,28 @@ def _add_regex_function(dbapi_connection: Any, record: Any, _proxy: Any) -> None
             _REGEX_FUNCTION, arguments, regex.matching_texts, deterministic=True
         )
     record.info[_REGEX_FUNCTION] = True
+
+
+@event.listens_for(Engine, "before_execute", retval=True)
+def _match_before_execution(
+    conn: Connection,
+    statement: Any,
+    multiparams: Any,
+    params: Any,
+    execution_options: Any,
+) -> tuple[Any, Any, Any]:
+    """On databases without the SQLite function, complete each :class:`_Matching` of a
+    statement about to run: its candidate texts are read on the same connection (and in the
+    same transaction) and the ones RE2 finds the pattern in are bound as its ``matched``.
+
+    An event on every engine, as the SQLite function is on every connection. The parameter's
+    value is set on the statement's own element, which the statement's parameters are read from
+    at each execution, so a cached compiled form is reused and each execution matches afresh.
+    """
+    if conn.dialect.name == "sqlite" or not isinstance(statement, ClauseElement):
+        return statement, multiparams, params
+    for element in iterate(statement):
+        if isinstance(element, _Matching):
+            texts = conn.execute(element.candidates).scalars().all()
+            element.matched.value = regex.matching(element.pattern.value, list(texts))
+    return statement, multiparams, params
