@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import DBAPIError
 from test_filters_differential import NO_SHRINK, ORDER_KEYS, filters, run_nodes
 
@@ -47,7 +47,7 @@ NAN, INF = float("nan"), float("inf")
 ENTITY, PROJECT = "acme", "mixed"
 _PROJECTS = itertools.count()
 #: random filters asked of the seeded project (each of both databases, with its count)
-FILTERS = 1_200
+FILTERS = 1_000
 
 NUMBERS = [NAN, INF, -INF, -0.0, 0, 1, 2, 2.5, -3, 1e300, 5e-324, 2**53 + 1, 2**70 + 1, -(2**70)]
 TEXTS = [
@@ -126,15 +126,28 @@ def both(tmp_path_factory: pytest.TempPathFactory, pg_server: Any) -> Iterator[d
         rows = conn.execute(select(runs).where(runs.c.project_id == ids["sqlite"])).mappings()
         docs = [run_document(row) for row in rows]
     yield {"engines": {"sqlite": sqlite, "postgresql": postgresql}, "ids": ids, "docs": docs}
+    for conn in _READERS.values():
+        conn.close()
+    _READERS.clear()
     sqlite.dispose()
     postgresql.dispose()
 
 
+#: one reading connection per engine for the module (no checkout and ping per question)
+_READERS: dict[Engine, Connection] = {}
+
+
 def _answer(engine: Engine, project_id: int, spec: Any, order: str) -> tuple[list[str], int]:
+    """The run ids ``engine``'s mirror lists for a filter and order, and its count."""
     node, parsed = parse_filter(spec), parse_order(order)
-    with engine.connect() as conn:
+    conn = _READERS.get(engine)
+    if conn is None:
+        conn = _READERS[engine] = engine.connect()
+    try:
         names = [row.name for row in conn.execute(runs_query(project_id, node, parsed))]
         count = conn.execute(count_query(project_id, node)).scalar_one()
+    finally:
+        conn.rollback()  # no snapshot kept: later writes are seen
     return names, count
 
 
@@ -262,10 +275,10 @@ def test_thousands_of_random_filters_answer_alike(both: dict[str, Any]) -> None:
 
 
 def test_every_order_answers_alike(both: dict[str, Any]) -> None:
-    """Each path of the project, both ways, over every run: the order of everything."""
+    """Each path of the project, ascending or descending in turn, over every run."""
     engines, ids = both["engines"], both["ids"]
     generate = _Filters(both["docs"], seed=0)
-    for path, sign in itertools.product([*generate.paths, "created_at", "name"], "+-"):
+    for path, sign in zip([*generate.paths, "created_at", "name"], itertools.cycle("+-")):
         lite = _answer(engines["sqlite"], ids["sqlite"], None, sign + path)
         assert _answer(engines["postgresql"], ids["postgresql"], None, sign + path) == lite, path
 
@@ -369,7 +382,7 @@ def test_0006_escapes_stored_u0001_and_goes_back_down(pg_server: Any) -> None:
 
 
 @settings(
-    max_examples=15,
+    max_examples=10,
     phases=NO_SHRINK,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
