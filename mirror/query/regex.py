@@ -7,8 +7,9 @@ construction, and a pattern RE2 refuses (backreferences, lookaround) is a
 
 The SQL path first lets the database try the pattern's GLOB form (:func:`as_glob`), in C: for
 most patterns it decides alone, for the rest it picks the candidates. What is left, the distinct
-texts at the path, is matched here in one call (:func:`matching_texts`, an SQLite function),
-never by a call back into Python per row. Texts without a newline are matched as one
+texts at the path, is matched here in one call (:func:`matching_texts`, an SQLite function;
+on PostgreSQL :func:`matching`, just before the statement runs), never by a call back into
+Python per row. Texts without a newline are matched as one
 newline-joined string when the pattern allows it (:func:`_batch_modes`): a single RE2 scan then
 finds whole runs of consecutive matching values.
 """

@@ -23,7 +23,11 @@ expressions, which the statement lists side by side instead of nesting.
 ``$regex`` runs through RE2 (``mirror.query.regex``): a GLOB form of the pattern answers what it
 can in C, the database gathers the distinct texts left to decide, one SQLite function call
 matches them all, and the index is searched for the texts that matched, so a pattern costs at
-most one RE2 pass over distinct values, not a Python call per row.
+most one RE2 pass over distinct values, not a Python call per row. PostgreSQL cannot call
+Python from SQL and its own regular expressions are not RE2, so there the distinct texts are
+read and matched just before the statement runs, and the statement tests ``= ANY`` of those
+that matched (:func:`_match_before_execution`). Everything else is the same SQL on both; the
+texts it compares are byte-ordered on both (``mirror.store.texts``).
 """
 
 from __future__ import annotations
