@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from legacy_mirror import write_legacy_project
 from sqlalchemy import func, inspect, select
 
@@ -21,6 +23,7 @@ from mirror.store.engine import make_engine, read_transaction, write_transaction
 from mirror.store.fields import Kind, flatten, run_document
 from mirror.store.models import history_chunks, run_fields, runs
 from mirror.store.read import find_run, iter_rows
+from mirror.store.texts import escape_nul, unescape_nul
 from mirror.store.upsert import append_history, storage_id, upsert_runs
 
 
@@ -223,3 +226,35 @@ def test_storage_id_is_w_and_b_form():
     import base64
 
     assert base64.b64decode(storage_id("ent", "proj", "abc123")) == b"Run:v1:abc123:proj:ent"
+
+
+@settings(max_examples=300)
+@given(
+    a=st.text(alphabet=st.sampled_from("\x00\x01\x02ab\U0001f600")),
+    b=st.text(alphabet=st.sampled_from("\x00\x01\x02ab\U0001f600")),
+)
+def test_the_nul_escape_keeps_equality_and_byte_order(a: str, b: str) -> None:
+    """PostgreSQL's text holds no NUL: the escape stored there holds none, reads back exactly,
+    and compares as the UTF-8 bytes of the original do (MongoDB's string order)."""
+    ea, eb = escape_nul(a), escape_nul(b)
+    assert "\x00" not in ea and unescape_nul(ea) == a
+    assert (ea == eb) == (a == b)
+    assert (ea.encode() < eb.encode()) == (a.encode() < b.encode())
+
+
+def test_nul_and_the_escape_character_survive_every_database(db_engine) -> None:
+    texts = ["x\x00y", "\x00", "\x01", "x\x01\x02y", "\x01\x01"]
+    with write_transaction(db_engine) as conn:
+        nodes = [
+            node(f"r{i}", displayName=t, tags=[t], config=json.dumps({"s": {"value": t}}))
+            for i, t in enumerate(texts)
+        ]
+        upsert_runs(conn, "e", "p", nodes)
+        assert (
+            conn.execute(select(runs.c.display_name).order_by(runs.c.name)).scalars().all() == texts
+        )
+        stored = conn.execute(select(run_fields.c.txt).where(run_fields.c.elem == 1)).scalars()
+        assert set(texts) <= set(stored)
+        for text_value in texts:
+            found = conn.execute(select(runs.c.name).where(runs.c.display_name == text_value))
+            assert found.scalars().all() == [f"r{texts.index(text_value)}"]
