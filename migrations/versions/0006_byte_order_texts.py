@@ -13,7 +13,9 @@ their lengths, so a value W&B sent that SQLite holds must fit here too). Postgre
 U+0001 already stored is escaped here, so that it is not read as the start of one. SQLite
 compares bytes already and holds NUL as it is: nothing changes there.
 
-Going down, the collation returns to the database's default, the escape of U+0001 is undone,
+A B-tree entry on PostgreSQL holds at most about 2.7 kB, so its indexes on the field index's texts
+and on display names hold their first 600 characters (``left(txt, 600)``); the tables keep every
+text whole. Going down, the collation returns to the database's default, the escape of U+0001 is undone,
 and an escaped NUL, which plain PostgreSQL text cannot hold, becomes U+FFFD.
 """
 
@@ -51,20 +53,41 @@ def _type(length: int | None, collation: str | None) -> sa.types.TypeEngine:
     return sa.Text(collation=collation) if length is None else sa.String(length, collation)
 
 
+#: the indexes of 0005 on the texts, by name: (table, columns); see
+#: ``mirror.store.texts.PREFIX_INDEXES`` for the form they take on PostgreSQL from 0006 on
+INDEXES = {
+    "ix_run_fields_key_id_kind_num_txt_run_id_elem": (
+        "run_fields",
+        ["key_id", "kind", "num", "txt", "run_id", "elem"],
+    ),
+    "ix_runs_project_id_display_name": ("runs", ["project_id", "display_name"]),
+}
+_PREFIX = 600  # mirror.store.texts.INDEXED_CHARS when this was written
+
+
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
+    for name, (table, _columns) in INDEXES.items():
+        op.drop_index(name, table_name=table)
     for table, column, length in COLUMNS:
         op.alter_column(table, column, type_=_type(None, "C"), existing_type=_type(length, None))
         op.execute(
             f'UPDATE {table} SET "{column}" = replace("{column}", {_ESCAPE}, '
             f'{_ESCAPE} || chr(2)) WHERE strpos("{column}", {_ESCAPE}) > 0'
         )
+    for name, (table, columns) in INDEXES.items():
+        listed = ", ".join(
+            f'left("{c}", {_PREFIX})' if c in ("txt", "display_name") else f'"{c}"' for c in columns
+        )
+        op.execute(f"CREATE INDEX {name} ON {table} ({listed})")
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
+    for name, (table, _columns) in INDEXES.items():
+        op.drop_index(name, table_name=table)
     for table, column, length in COLUMNS:
         # left to right, escapes never overlap: NUL's first, then U+0001's
         op.execute(
@@ -73,3 +96,5 @@ def downgrade() -> None:
             f'WHERE strpos("{column}", {_ESCAPE}) > 0'
         )
         op.alter_column(table, column, type_=_type(length, None), existing_type=_type(None, "C"))
+    for name, (table, columns) in INDEXES.items():
+        op.create_index(name, table, columns)

@@ -32,6 +32,18 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 #: the collation that compares UTF-8 bytes on PostgreSQL
 BYTE_COLLATION = "C"
+#: characters of a text PostgreSQL's indexes hold (see :data:`PREFIX_INDEXES`)
+INDEXED_CHARS = 600
+#: On PostgreSQL these indexes hold the first ``INDEXED_CHARS`` characters of their text
+#: column, ``left(column, 600)``, where SQLite's hold the whole text: a B-tree entry there
+#: cannot exceed about 2.7 kB, so a longer config string (a prompt, an encoded blob) would make
+#: the whole page of runs fail to insert. The table keeps the whole text, so answers stay exact;
+#: a filter bounds the prefix too, so the index still finds the rows (``mirror.query.sql``).
+#: Index name → (table, column).
+PREFIX_INDEXES: dict[str, tuple[str, str]] = {
+    "ix_run_fields_key_id_kind_num_txt_run_id_elem": ("run_fields", "txt"),
+    "ix_runs_project_id_display_name": ("runs", "display_name"),
+}
 _ESCAPE = "\x01"
 _ESCAPED = str.maketrans({"\x00": "\x01\x01", "\x01": "\x01\x02"})
 
@@ -41,6 +53,12 @@ def escape_nul(text: str) -> str:
     if "\x00" in text or _ESCAPE in text:
         return text.translate(_ESCAPED)
     return text
+
+
+def indexed_prefix(text: str) -> str:
+    """What PostgreSQL's :data:`PREFIX_INDEXES` hold of ``text``: the first ``INDEXED_CHARS``
+    characters of what is stored (escaped), as a plain text parameter."""
+    return escape_nul(text)[:INDEXED_CHARS]
 
 
 def unescape_nul(text: str) -> str:
