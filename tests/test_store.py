@@ -258,3 +258,41 @@ def test_nul_and_the_escape_character_survive_every_database(db_engine) -> None:
         for text_value in texts:
             found = conn.execute(select(runs.c.name).where(runs.c.display_name == text_value))
             assert found.scalars().all() == [f"r{texts.index(text_value)}"]
+
+
+def test_long_texts_are_indexed_and_compared_whole(db_engine) -> None:
+    """A config string of 20 kB that does not compress (PostgreSQL's indexes hold only its
+    prefix) is stored, found by equality, and ordered and bounded by its whole text."""
+    import base64
+    import os
+
+    from mirror.query.filters import parse_filter, parse_order
+    from mirror.query.sql import count_query, runs_query
+
+    shared = base64.b64encode(os.urandom(15_000)).decode() + "-"
+    texts = {"r1": shared + "a", "r2": shared + "b", "r3": shared, "r4": "short"}
+    nodes = [
+        node(name, displayName=value, config=json.dumps({"s": {"value": value}}))
+        for name, value in texts.items()
+    ]
+    with write_transaction(db_engine) as conn:
+        upsert_runs(conn, "e", "p", nodes)
+    with read_transaction(db_engine) as conn:
+        project_id = conn.execute(select(runs.c.project_id)).scalars().first()
+
+        def names(spec, order="+name"):
+            node_ = parse_filter(spec)
+            found = [
+                r.name for r in conn.execute(runs_query(project_id, node_, parse_order(order)))
+            ]
+            assert conn.execute(count_query(project_id, node_)).scalar_one() == len(found)
+            return found
+
+        assert names({"config.s": shared + "a"}) == ["r1"]
+        assert names({"config.s": {"$in": [shared + "b", "short", "x"]}}) == ["r2", "r4"]
+        assert names({"config.s": {"$gt": shared}}) == ["r1", "r2", "r4"]
+        assert names({"config.s": {"$lte": shared + "a"}}) == ["r1", "r3"]
+        assert names({"config.s": {"$regex": "b$"}}) == ["r2"]
+        assert names({"displayName": {"$regex": "a$"}}) == ["r1"]
+        assert names({"displayName": shared}) == ["r3"]
+        assert names(None, "+config.s") == ["r3", "r1", "r2", "r4"]
