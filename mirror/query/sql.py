@@ -691,6 +691,7 @@ class _OneOf(ColumnElement[bool]):
         ("as_json", InternalTraversal.dp_clauseelement),
         ("as_array", InternalTraversal.dp_clauseelement),
         ("short", InternalTraversal.dp_boolean),
+        ("prefixed", InternalTraversal.dp_boolean),
         ("prefixes", InternalTraversal.dp_clauseelement),
     ]
 
@@ -699,6 +700,7 @@ class _OneOf(ColumnElement[bool]):
     ) -> None:
         self.column = column
         self.short = short
+        self.prefixed = prefixed
         self.listed = bindparam(None, values, expanding=True, type_=column.type)
         self.as_json = bindparam(None, None if short else json.dumps(values, ensure_ascii=False))
         self.as_array = bindparam(None, values, type_=ARRAY(column.type))
@@ -716,7 +718,7 @@ def _one_of_postgresql(element: _OneOf, compiler: Any, **kw: Any) -> str:
     """One array parameter: one plan whatever the list's length, and no parameter limit; on
     the field index's texts, their indexed prefixes too (see :class:`_Text`)."""
     test = element.column == any_(element.as_array)
-    if element.prefixes.value is not None:
+    if element.prefixed:
         test = and_(_indexed_prefix(element.column) == any_(element.prefixes), test)
     return compiler.process(test, **kw)
 
