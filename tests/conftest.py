@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 from mirror.store import migrate
 from mirror.store.engine import make_engine
@@ -53,6 +54,29 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     migrate.upgrade(engine)
     engine.dispose()
     return str(path)
+
+
+@pytest.fixture(scope="module", params=BOTH)
+def module_database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """``database`` shared by a module's tests (for a module that loads one store and only
+    reads it): loading once per database, not once per test."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_server").new_database()
+    path = tmp_path_factory.mktemp("module-db") / "mirror.db"
+    engine = make_engine(path)
+    migrate.upgrade(engine)
+    engine.dispose()
+    return str(path)
+
+
+@pytest.fixture
+def db_engine(database: str) -> Iterator[Engine]:
+    """An engine on ``database`` (each database in turn)."""
+    eng = make_engine(database)
+    yield eng
+    eng.dispose()
 
 
 @pytest.fixture(params=BOTH)

@@ -14,7 +14,7 @@ import zlib
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from mirror.store.engine import write_transaction
 from mirror.store.upsert import storage_id
@@ -73,22 +73,29 @@ def legacy_chunk(rows: list[dict[str, Any]]) -> bytes:
 
 
 def write_legacy_project(engine: Engine, entity: str, project: str, count: int) -> None:
-    """A project of ``count`` runs with three history rows each, into a 0001-0004 mirror."""
+    """A project of ``count`` runs with three history rows each, into a 0001-0004 mirror (on
+    either database: plain SQL with named parameters, no model of the old schema)."""
     with write_transaction(engine) as conn:
-        sql = conn.exec_driver_sql
+
+        def sql(statement: str, values: tuple[Any, ...] = ()) -> Any:
+            params = {f"p{i}": value for i, value in enumerate(values)}
+            return conn.execute(
+                text(statement.format(*(f":p{i}" for i in range(len(values))))), params
+            )
+
         sql(
-            "INSERT INTO projects (entity, name, created_at) VALUES (?, ?, ?)",
+            "INSERT INTO projects (entity, name, created_at) VALUES ({}, {}, {})",
             (entity, project, "2024-01-01T00:00:00"),
         )
         project_id = sql("SELECT max(id) FROM projects").scalar()
         for i, run in enumerate(legacy_runs(count)):
             columns = ["project_id", "storage_id", *run]
             values = [project_id, storage_id(entity, project, run["name"]), *run.values()]
-            marks = ", ".join("?" for _ in columns)
+            marks = ", ".join("{}" for _ in columns)
             sql(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({marks})", tuple(values))
             run_id = sql("SELECT max(id) FROM runs").scalar()
             sql(
                 "INSERT INTO history_chunks (run_id, stream, first_step, last_step, row_count, "
-                "data) VALUES (?, 'history', 0, 2, 3, ?)",
+                "data) VALUES ({}, 'history', 0, 2, 3, {})",
                 (run_id, legacy_chunk(legacy_history(i))),
             )

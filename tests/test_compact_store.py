@@ -157,7 +157,8 @@ def test_packing_gives_back_the_exact_text(text: str) -> None:
         assert len(packed) < len(text) / 2
 
 
-def test_runs_documents_are_stored_packed_and_read_back_byte_exact(engine) -> None:
+def test_runs_documents_are_stored_packed_and_read_back_byte_exact(db_engine) -> None:
+    engine = db_engine
     config = '{"lr": {"value": 1e-3, "desc": null},   "n": {"value": NaN}}'
     summary = json.dumps({f"m{i}": i * 0.125 for i in range(200)})
     with write_transaction(engine) as conn:
@@ -172,7 +173,8 @@ def test_runs_documents_are_stored_packed_and_read_back_byte_exact(engine) -> No
 # ---------------------------------------------------------------- writing
 
 
-def test_a_partial_update_keeps_or_rebuilds_the_index_as_its_fields_say(engine) -> None:
+def test_a_partial_update_keeps_or_rebuilds_the_index_as_its_fields_say(db_engine) -> None:
+    engine = db_engine
     node = {"name": "r", "tags": ["a"], "config": {"lr": {"value": 0.1}}, "summaryMetrics": {}}
     with write_transaction(engine) as conn:
         run_id = upsert_runs(conn, "e", "p", [node])["r"]
@@ -190,7 +192,8 @@ def _index_rows(conn: Any, run_id: int) -> list[tuple[Any, ...]]:
     return sorted(conn.execute(query.order_by(c.seq)).all(), key=repr)
 
 
-def test_appending_many_streams_at_once_is_appending_each(engine, monkeypatch) -> None:
+def test_appending_many_streams_at_once_is_appending_each(db_engine, monkeypatch) -> None:
+    engine = db_engine
     monkeypatch.setattr(codec, "CHUNK_ROWS", 4)
     rows = [{"_step": s, "loss": s / 3} for s in range(10)]
     with write_transaction(engine) as conn:
@@ -253,8 +256,10 @@ FILTERS = [
 ]
 
 
-def test_an_upgrade_from_0004_keeps_every_run_and_row_and_answers_alike(tmp_path: Path) -> None:
-    db = tmp_path / "old.db"
+def test_an_upgrade_from_0004_keeps_every_run_and_row_and_answers_alike(
+    empty_database: str,
+) -> None:
+    db = empty_database
     engine = make_engine(db)
     migrate.upgrade(engine, "0004")
     write_legacy_project(engine, "e", "p", 12)
@@ -271,7 +276,7 @@ def test_an_upgrade_from_0004_keeps_every_run_and_row_and_answers_alike(tmp_path
         project_id = find_project(conn, "e", "p")["id"]
         indexed = conn.execute(select(func.count()).select_from(run_fields)).scalar_one()
     assert len(rows) == 12 and indexed > 12 * 10 and project_id
-    api = Api(database=str(db))
+    api = Api(database=db)
     for spec in FILTERS:
         got = [run.id for run in api.runs("e/p", spec, order="+config.lr")]
         node = parse_filter(spec)
@@ -292,8 +297,8 @@ def _downgrade(engine: Any, revision: str) -> None:
         command.downgrade(cfg, revision)
 
 
-def test_a_downgrade_to_0004_and_back_keeps_the_texts(tmp_path: Path) -> None:
-    engine = make_engine(tmp_path / "mirror.db")
+def test_a_downgrade_to_0004_and_back_keeps_the_texts(empty_database: str) -> None:
+    engine = make_engine(empty_database)
     migrate.upgrade(engine, "0004")
     write_legacy_project(engine, "e", "p", 3)
     migrate.upgrade(engine)
@@ -307,7 +312,7 @@ def test_a_downgrade_to_0004_and_back_keeps_the_texts(tmp_path: Path) -> None:
     assert index > 3 * 10  # the 0004 index, attributes and all
     migrate.upgrade(engine)
     assert migrate.schema_differences(engine) == []
-    api = Api(database=str(tmp_path / "mirror.db"))
+    api = Api(database=empty_database)
     assert [r.id for r in api.runs("e/p", {"config.model.depth": 2}, order="name")] == ["old002"]
     assert math.isnan(api.run("e/p/old001").summary["best"])
     engine.dispose()

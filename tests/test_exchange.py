@@ -51,8 +51,9 @@ def _fresh(path: Path):
 
 
 @pytest.fixture
-def source(engine):
-    """A seeded project plus one hand-made run with every awkward value."""
+def source(db_engine):
+    """A seeded project plus one hand-made run with every awkward value (on each database)."""
+    engine = db_engine
     seed_project(engine, ENTITY, PROJECT, 14, 60, seed=11)
     with write_transaction(engine) as conn:
         ids = upsert_runs(conn, ENTITY, PROJECT, [ODD_RUN])
@@ -61,8 +62,12 @@ def source(engine):
 
 
 @pytest.fixture
-def target(tmp_path: Path):
-    engine = _fresh(tmp_path / "target.db")
+def target(source, request: pytest.FixtureRequest, tmp_path: Path):
+    """A fresh mirror on the source's kind of database."""
+    if source.dialect.name == "postgresql":
+        engine = make_engine(request.getfixturevalue("pg_server").new_database())
+    else:
+        engine = _fresh(tmp_path / "target.db")
     yield engine
     engine.dispose()
 

@@ -18,7 +18,6 @@ from mirror.errors import FilterError
 from mirror.query.evaluate import matches, sort_docs
 from mirror.query.filters import Order, parse_filter, parse_order
 from mirror.query.sql import count_query, runs_query
-from mirror.store import migrate
 from mirror.store.engine import make_engine
 from mirror.store.fields import run_document
 from mirror.store.models import projects, runs
@@ -90,10 +89,10 @@ NODES = [
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory):
-    """A migrated SQLite file with the runs above, one of them deleted, another project beside."""
-    engine = make_engine(tmp_path_factory.mktemp("filters") / "mirror.db", create=True)
-    migrate.upgrade(engine)
+def store(module_database: str):
+    """A mirror on each database with the runs above, one of them deleted, another project
+    beside."""
+    engine = make_engine(module_database)
     with engine.begin() as conn:
         upsert_runs(conn, "e", "p", NODES)
         upsert_runs(conn, "e", "p", [{"name": "gone", "createdAt": "2024-01-05T00:00:00"}])
@@ -485,11 +484,10 @@ def test_zoned_dates_and_numpy_values_mean_what_they_say() -> None:
     assert type(node.children[1].value) is bool
 
 
-def test_a_literal_dotted_key_beside_a_nested_one_lists_the_run_once(tmp_path) -> None:
+def test_a_literal_dotted_key_beside_a_nested_one_lists_the_run_once(db_engine) -> None:
     import json
 
-    engine = make_engine(tmp_path / "m.db")
-    migrate.upgrade(engine)
+    engine = db_engine
     config = {"a.b": {"value": 1}, "a": {"value": {"b": 9}}}
     nodes = [
         {"name": "r1", "createdAt": "2024-01-01T00:00:00", "config": json.dumps(config)},

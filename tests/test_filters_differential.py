@@ -54,7 +54,6 @@ from sqlalchemy import select
 from mirror.query.evaluate import matches, sort_docs, values_at
 from mirror.query.filters import DATE_PATHS, parse_filter, parse_order, resolve_key
 from mirror.query.sql import count_query, fetch_page, runs_query
-from mirror.store import migrate
 from mirror.store.engine import make_engine
 from mirror.store.fields import run_document
 from mirror.store.models import projects, runs
@@ -327,10 +326,9 @@ def mongomock_sort_departs(path: str, docs: list[dict[str, Any]]) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory):
-    """One migrated SQLite file for the module; every example writes its own project."""
-    eng = make_engine(tmp_path_factory.mktemp("differential") / "mirror.db", create=True)
-    migrate.upgrade(eng)
+def engine(module_database: str):
+    """One mirror per database for the module; every example writes its own project."""
+    eng = make_engine(module_database)
     yield eng
     eng.dispose()
 

@@ -7,14 +7,12 @@ over the listing's runs.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
 from mirror import Api
-from mirror.store import migrate
 from mirror.store.engine import make_engine
 from mirror.synth import seed_project
 
@@ -22,13 +20,11 @@ PATH = "acme/frames"
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory):
-    path: Path = tmp_path_factory.mktemp("frames") / "mirror.db"
-    engine = make_engine(path, create=True)
-    migrate.upgrade(engine)
+def api(module_database: str):
+    engine = make_engine(module_database)
     seed_project(engine, "acme", "frames", 24, 2_500, seed=5)  # two chunks for the long runs
     engine.dispose()
-    api = Api(database=path)
+    api = Api(database=module_database)
     yield api
     api.close()
 

@@ -81,10 +81,9 @@ NODES = [
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory):
-    """A migrated SQLite file holding the runs above."""
-    engine = make_engine(tmp_path_factory.mktemp("hardening") / "mirror.db", create=True)
-    migrate.upgrade(engine)
+def store(module_database: str):
+    """A mirror on each database holding the runs above."""
+    engine = make_engine(module_database)
     with engine.begin() as conn:
         upsert_runs(conn, "e", "p", NODES)
         project_id = conn.execute(select(projects.c.id)).scalar_one()
@@ -167,18 +166,17 @@ def test_regex_options_and_python_patterns_mean_what_they_say(store, filters) ->
     assert names(store, filters) == mongo(store, filters)
 
 
-def test_a_regex_costs_one_call_per_statement_not_one_per_row(tmp_path, monkeypatch) -> None:
+def test_a_regex_costs_one_call_per_statement_not_one_per_row(database, monkeypatch) -> None:
     """The distinct texts at the path reach Python once, together, whatever the row count."""
     calls: list[int] = []
-    matching_texts = regex.matching_texts
+    matching = regex.matching
 
-    def counting(pattern: str, texts: str | None) -> str:
+    def counting(pattern: str, texts: list[str]) -> list[str]:
         calls.append(1)
-        return matching_texts(pattern, texts)
+        return matching(pattern, texts)
 
-    monkeypatch.setattr(regex, "matching_texts", counting)  # before the first connection
-    engine = make_engine(tmp_path / "m.db")
-    migrate.upgrade(engine)
+    monkeypatch.setattr(regex, "matching", counting)
+    engine = make_engine(database)
     nodes = [_node(f"r{i}", 1 + i % 28, displayName=f"run-{i % 50}") for i in range(500)]
     with engine.begin() as conn:
         upsert_runs(conn, "e", "p", nodes)

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from legacy_mirror import write_legacy_project
 from sqlalchemy import func, inspect, select
 
@@ -21,6 +23,7 @@ from mirror.store.engine import make_engine, read_transaction, write_transaction
 from mirror.store.fields import Kind, flatten, run_document
 from mirror.store.models import history_chunks, run_fields, runs
 from mirror.store.read import find_run, iter_rows
+from mirror.store.texts import escape_nul, unescape_nul
 from mirror.store.upsert import append_history, storage_id, upsert_runs
 
 
@@ -38,7 +41,8 @@ def node(name: str, **extra):
     return base
 
 
-def test_models_and_migrations_agree(engine):
+def test_models_and_migrations_agree(db_engine):
+    engine = db_engine
     assert migrate.current_revision(engine) == migrate.head_revision()
     assert migrate.schema_differences(engine) == []
 
@@ -59,15 +63,15 @@ def test_upgrading_a_mirror_with_data_snapshots_it_first(tmp_path: Path):
         assert conn.exec_driver_sql("SELECT name FROM runs").scalars().all() == ["old000"]
 
 
-def test_a_foreign_database_is_refused_untouched(tmp_path: Path):
-    path = tmp_path / "other.db"
-    engine = make_engine(path)
+def test_a_foreign_database_is_refused_untouched(empty_database: str, tmp_path: Path):
+    engine = make_engine(empty_database)
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE notes (body TEXT)")
     with pytest.raises(MirrorError, match="not a wandb-mirror database"):
         migrate.upgrade(engine)
     assert not (tmp_path / "snapshots").exists()
     assert inspect(engine).get_table_names() == ["notes"]
+    engine.dispose()
 
 
 def test_sqlite_runs_in_wal_mode(engine):
@@ -105,7 +109,8 @@ def test_reader_is_not_blocked_by_a_writer_in_another_process(engine, db_path: P
         assert sorted(conn.execute(select(runs.c.name)).scalars()) == ["r1", "r2"]
 
 
-def test_upsert_keeps_row_ids_and_reindexes(engine):
+def test_upsert_keeps_row_ids_and_reindexes(db_engine):
+    engine = db_engine
     with write_transaction(engine) as conn:
         first = upsert_runs(conn, "e", "p", [node("r1")])
         again = upsert_runs(conn, "e", "p", [node("r1", state="crashed", tags=["b", "c"])])
@@ -119,7 +124,8 @@ def test_upsert_keeps_row_ids_and_reindexes(engine):
         assert sorted(t for t in tag_rows if t in ("a", "b", "c")) == ["b", "c"]
 
 
-def test_a_page_naming_a_run_twice_writes_it_once_and_revives_tombstones(engine):
+def test_a_page_naming_a_run_twice_writes_it_once_and_revives_tombstones(db_engine):
+    engine = db_engine
     with write_transaction(engine) as conn:
         ids = upsert_runs(conn, "e", "p", [node("r1"), node("r1", state="crashed")])
         conn.execute(runs.update().values(deleted_at="2024-01-02T00:00:00"))
@@ -179,7 +185,8 @@ def test_chunk_round_trip_is_lossless():
     assert "eval/f1" not in back[1]
 
 
-def test_append_history_is_idempotent_and_keeps_chunks_full(engine, monkeypatch):
+def test_append_history_is_idempotent_and_keeps_chunks_full(db_engine, monkeypatch):
+    engine = db_engine
     monkeypatch.setattr(codec, "CHUNK_ROWS", 100)
     with write_transaction(engine) as conn:
         run_id = upsert_runs(conn, "e", "p", [node("r1")])["r1"]
@@ -199,7 +206,8 @@ def test_append_history_is_idempotent_and_keeps_chunks_full(engine, monkeypatch)
         assert all(set(r) <= {"_step", "eval/f1"} for r in keyed)
 
 
-def test_events_are_kept_apart_from_history(engine):
+def test_events_are_kept_apart_from_history(db_engine):
+    engine = db_engine
     with write_transaction(engine) as conn:
         run_id = upsert_runs(conn, "e", "p", [node("r1")])["r1"]
         append_history(conn, run_id, _rows(5))
@@ -218,3 +226,73 @@ def test_storage_id_is_w_and_b_form():
     import base64
 
     assert base64.b64decode(storage_id("ent", "proj", "abc123")) == b"Run:v1:abc123:proj:ent"
+
+
+@settings(max_examples=300)
+@given(
+    a=st.text(alphabet=st.sampled_from("\x00\x01\x02ab\U0001f600")),
+    b=st.text(alphabet=st.sampled_from("\x00\x01\x02ab\U0001f600")),
+)
+def test_the_nul_escape_keeps_equality_and_byte_order(a: str, b: str) -> None:
+    """PostgreSQL's text holds no NUL: the escape stored there holds none, reads back exactly,
+    and compares as the UTF-8 bytes of the original do (MongoDB's string order)."""
+    ea, eb = escape_nul(a), escape_nul(b)
+    assert "\x00" not in ea and unescape_nul(ea) == a
+    assert (ea == eb) == (a == b)
+    assert (ea.encode() < eb.encode()) == (a.encode() < b.encode())
+
+
+def test_nul_and_the_escape_character_survive_every_database(db_engine) -> None:
+    texts = ["x\x00y", "\x00", "\x01", "x\x01\x02y", "\x01\x01"]
+    with write_transaction(db_engine) as conn:
+        nodes = [
+            node(f"r{i}", displayName=t, tags=[t], config=json.dumps({"s": {"value": t}}))
+            for i, t in enumerate(texts)
+        ]
+        upsert_runs(conn, "e", "p", nodes)
+        assert (
+            conn.execute(select(runs.c.display_name).order_by(runs.c.name)).scalars().all() == texts
+        )
+        stored = conn.execute(select(run_fields.c.txt).where(run_fields.c.elem == 1)).scalars()
+        assert set(texts) <= set(stored)
+        for text_value in texts:
+            found = conn.execute(select(runs.c.name).where(runs.c.display_name == text_value))
+            assert found.scalars().all() == [f"r{texts.index(text_value)}"]
+
+
+def test_long_texts_are_indexed_and_compared_whole(db_engine) -> None:
+    """A config string of 20 kB that does not compress (PostgreSQL's indexes hold only its
+    prefix) is stored, found by equality, and ordered and bounded by its whole text."""
+    import base64
+    import os
+
+    from mirror.query.filters import parse_filter, parse_order
+    from mirror.query.sql import count_query, runs_query
+
+    shared = base64.b64encode(os.urandom(15_000)).decode() + "-"
+    texts = {"r1": shared + "a", "r2": shared + "b", "r3": shared, "r4": "short"}
+    nodes = [
+        node(name, displayName=value, config=json.dumps({"s": {"value": value}}))
+        for name, value in texts.items()
+    ]
+    with write_transaction(db_engine) as conn:
+        upsert_runs(conn, "e", "p", nodes)
+    with read_transaction(db_engine) as conn:
+        project_id = conn.execute(select(runs.c.project_id)).scalars().first()
+
+        def names(spec, order="+name"):
+            node_ = parse_filter(spec)
+            found = [
+                r.name for r in conn.execute(runs_query(project_id, node_, parse_order(order)))
+            ]
+            assert conn.execute(count_query(project_id, node_)).scalar_one() == len(found)
+            return found
+
+        assert names({"config.s": shared + "a"}) == ["r1"]
+        assert names({"config.s": {"$in": [shared + "b", "short", "x"]}}) == ["r2", "r4"]
+        assert names({"config.s": {"$gt": shared}}) == ["r1", "r2", "r4"]
+        assert names({"config.s": {"$lte": shared + "a"}}) == ["r1", "r3"]
+        assert names({"config.s": {"$regex": "b$"}}) == ["r2"]
+        assert names({"displayName": {"$regex": "a$"}}) == ["r1"]
+        assert names({"displayName": shared}) == ["r3"]
+        assert names(None, "+config.s") == ["r3", "r1", "r2", "r4"]

@@ -7,8 +7,9 @@ construction, and a pattern RE2 refuses (backreferences, lookaround) is a
 
 The SQL path first lets the database try the pattern's GLOB form (:func:`as_glob`), in C: for
 most patterns it decides alone, for the rest it picks the candidates. What is left, the distinct
-texts at the path, is matched here in one call (:func:`matching_texts`, an SQLite function),
-never by a call back into Python per row. Texts without a newline are matched as one
+texts at the path, is matched here in one call (:func:`matching_texts`, an SQLite function;
+on PostgreSQL :func:`matching`, just before the statement runs), never by a call back into
+Python per row. Texts without a newline are matched as one
 newline-joined string when the pattern allows it (:func:`_batch_modes`): a single RE2 scan then
 finds whole runs of consecutive matching values.
 """
@@ -79,14 +80,15 @@ def matching_texts(pattern: str, texts_json: str | None, hexed: int = 0) -> str:
     texts = json.loads(texts_json) if texts_json else []
     if hexed:
         texts = [bytes.fromhex(t).decode() for t in texts]
-    found = _matches(pattern, texts)
+    found = matching(pattern, texts)
     if hexed:
         found = [t.encode().hex().upper() for t in found]
     return json.dumps(found, ensure_ascii=False)
 
 
-def _matches(pattern: str, texts: list[str]) -> list[str]:
-    """The texts ``pattern`` is found in: newline-free ones in one scan where the pattern allows."""
+def matching(pattern: str, texts: list[str]) -> list[str]:
+    """The distinct ``texts`` ``pattern`` is found in: newline-free ones in one scan where the
+    pattern allows. Every SQL path ends here, once per pattern and statement."""
     anchored_to_value, newline_free = _batch_modes(pattern)
     if not anchored_to_value or not texts:
         return [t for t in texts if search(pattern, t)]

@@ -23,7 +23,11 @@ expressions, which the statement lists side by side instead of nesting.
 ``$regex`` runs through RE2 (``mirror.query.regex``): a GLOB form of the pattern answers what it
 can in C, the database gathers the distinct texts left to decide, one SQLite function call
 matches them all, and the index is searched for the texts that matched, so a pattern costs at
-most one RE2 pass over distinct values, not a Python call per row.
+most one RE2 pass over distinct values, not a Python call per row. PostgreSQL cannot call
+Python from SQL and its own regular expressions are not RE2, so there the distinct texts are
+read and matched just before the statement runs, and the statement tests ``= ANY`` of those
+that matched (:func:`_match_before_execution`). Everything else is the same SQL on both; the
+texts it compares are byte-ordered on both (``mirror.store.texts``).
 """
 
 from __future__ import annotations
@@ -35,12 +39,17 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
+    ClauseElement,
     ColumnElement,
     CompoundSelect,
     Connection,
+    Engine,
     RowMapping,
     Select,
+    Text,
     and_,
+    any_,
     bindparam,
     case,
     event,
@@ -57,13 +66,14 @@ from sqlalchemy import (
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import Pool
 from sqlalchemy.sql.elements import KeyedColumnElement
-from sqlalchemy.sql.visitors import InternalTraversal
+from sqlalchemy.sql.visitors import InternalTraversal, iterate
 
 from mirror.query import regex
 from mirror.query.filters import And, Compare, Exists, In, Node, Not, Or, Order, Regex, Size
 from mirror.store.fields import MAX_INDEXED_ARRAY, RUN_ATTRIBUTES, Kind, typed
 from mirror.store.models import field_keys, run_fields, runs
 from mirror.store.read import iter_runs
+from mirror.store.texts import INDEXED_CHARS, indexed_prefix
 
 _OPS = {
     "eq": lambda c, v: c == v,
@@ -544,9 +554,9 @@ def _value_test(op: str, value: Any) -> list[ColumnElement[bool]]:
         else:
             test.append(_OPS[op](run_fields.c.num, num))
     elif kind is Kind.ARRAY:  # an equal array has the same length: the index's next column
-        test += [run_fields.c.num == num, run_fields.c.txt == txt]
+        test += [run_fields.c.num == num, _Text("eq", txt)]
     else:
-        test += [*_pinned(kind), _OPS[op](run_fields.c.txt, txt)]
+        test += [*_pinned(kind), _Text(op, txt)]
     return test
 
 
@@ -575,11 +585,55 @@ def _membership(values: tuple[Any, ...]) -> ColumnElement[bool]:
 
 
 def _one_of(column: ColumnElement[Any], values: list[Any]) -> ColumnElement[bool]:
-    """``column IN values``; a long list as one JSON parameter (see :class:`_OneOf`)."""
+    """``column IN values``; a long list as one JSON parameter (see :class:`_OneOf`); on the
+    field index's texts with the prefix its PostgreSQL index holds."""
     unique = list(dict.fromkeys(values))
+    indexed_text = column is run_fields.c.txt
     if len(unique) == 1:
-        return column == unique[0]
-    return column.in_(unique) if len(unique) <= _SHORT_LIST else _OneOf(column, unique)
+        return _Text("eq", unique[0]) if indexed_text else column == unique[0]
+    if len(unique) <= _SHORT_LIST and not indexed_text:
+        return column.in_(unique)
+    return _OneOf(column, unique, short=len(unique) <= _SHORT_LIST, prefixed=indexed_text)
+
+
+#: a comparison of texts → the comparison their prefixes then meet (cutting keeps the order)
+_PREFIX_OPS = {"eq": "eq", "gt": "gte", "gte": "gte", "lt": "lte", "lte": "lte"}
+
+
+def _indexed_prefix(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The indexed expression of ``column`` on PostgreSQL, ``left(column, 600)``, written as
+    its index is, with the length in the SQL (a parameter would not match the index)."""
+    return func.left(column, _const(INDEXED_CHARS))
+
+
+class _Text(ColumnElement[bool]):
+    """``run_fields.txt <op> value``: on PostgreSQL also the same bound on the text's prefix,
+    which is what its index holds (``mirror.store.texts.PREFIX_INDEXES``), so the index finds
+    the rows and the whole text decides; elsewhere the plain comparison."""
+
+    inherit_cache = True
+    _traverse_internals = [
+        ("op", InternalTraversal.dp_string),
+        ("value", InternalTraversal.dp_clauseelement),
+        ("prefix", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, op: str, value: str) -> None:
+        self.op = op
+        self.value = bindparam(None, value, type_=run_fields.c.txt.type)
+        self.prefix = bindparam(None, indexed_prefix(value), type_=Text())
+
+
+@compiles(_Text)
+def _text_default(element: _Text, compiler: Any, **kw: Any) -> str:
+    return compiler.process(_OPS[element.op](run_fields.c.txt, element.value), **kw)
+
+
+@compiles(_Text, "postgresql")
+def _text_postgresql(element: _Text, compiler: Any, **kw: Any) -> str:
+    column = run_fields.c.txt
+    prefix = _OPS[_PREFIX_OPS[element.op]](_indexed_prefix(column), element.prefix)
+    return compiler.process(and_(prefix, _OPS[element.op](column, element.value)), **kw)
 
 
 def _present(column: KeyedColumnElement[Any], test: ColumnElement[bool]) -> ColumnElement[bool]:
@@ -611,6 +665,10 @@ class _Uncached(ColumnElement[bool]):
     def __init__(self, condition: ColumnElement[bool]) -> None:
         self.condition = condition
 
+    def get_children(self, **kw: Any) -> list[ColumnElement[bool]]:
+        """The condition, for traversals (a regex inside is completed before execution)."""
+        return [self.condition]
+
 
 @compiles(_Uncached)
 def _compile_uncached(element: _Uncached, compiler: Any, **kw: Any) -> str:
@@ -619,7 +677,8 @@ def _compile_uncached(element: _Uncached, compiler: Any, **kw: Any) -> str:
 
 class _OneOf(ColumnElement[bool]):
     """``column IN (values)`` for a long list: on SQLite one JSON parameter read by
-    ``json_each``, elsewhere the usual expanding ``IN``.
+    ``json_each``, on PostgreSQL ``= ANY`` of one array parameter, elsewhere the usual expanding
+    ``IN``.
 
     Untyped, not Boolean, like :class:`_Matching`: SQLAlchemy would write a Boolean element as
     ``(...) = 1`` on SQLite, which hides the ``IN`` from the planner.
@@ -630,12 +689,23 @@ class _OneOf(ColumnElement[bool]):
         ("column", InternalTraversal.dp_clauseelement),
         ("listed", InternalTraversal.dp_clauseelement),
         ("as_json", InternalTraversal.dp_clauseelement),
+        ("as_array", InternalTraversal.dp_clauseelement),
+        ("short", InternalTraversal.dp_boolean),
+        ("prefixed", InternalTraversal.dp_boolean),
+        ("prefixes", InternalTraversal.dp_clauseelement),
     ]
 
-    def __init__(self, column: ColumnElement[Any], values: list[Any]) -> None:
+    def __init__(
+        self, column: ColumnElement[Any], values: list[Any], short: bool, prefixed: bool
+    ) -> None:
         self.column = column
-        self.listed = bindparam(None, values, expanding=True)
-        self.as_json = bindparam(None, json.dumps(values, ensure_ascii=False))
+        self.short = short
+        self.prefixed = prefixed
+        self.listed = bindparam(None, values, expanding=True, type_=column.type)
+        self.as_json = bindparam(None, None if short else json.dumps(values, ensure_ascii=False))
+        self.as_array = bindparam(None, values, type_=ARRAY(column.type))
+        prefixes = list(dict.fromkeys(map(indexed_prefix, values))) if prefixed else None
+        self.prefixes = bindparam(None, prefixes, type_=ARRAY(Text()))
 
 
 @compiles(_OneOf)
@@ -643,8 +713,20 @@ def _one_of_default(element: _OneOf, compiler: Any, **kw: Any) -> str:
     return compiler.process(element.column.in_(element.listed), **kw)
 
 
+@compiles(_OneOf, "postgresql")
+def _one_of_postgresql(element: _OneOf, compiler: Any, **kw: Any) -> str:
+    """One array parameter: one plan whatever the list's length, and no parameter limit; on
+    the field index's texts, their indexed prefixes too (see :class:`_Text`)."""
+    test = element.column == any_(element.as_array)
+    if element.prefixed:
+        test = and_(_indexed_prefix(element.column) == any_(element.prefixes), test)
+    return compiler.process(test, **kw)
+
+
 @compiles(_OneOf, "sqlite")
 def _one_of_sqlite(element: _OneOf, compiler: Any, **kw: Any) -> str:
+    if element.short:
+        return compiler.process(element.column.in_(element.listed), **kw)
     values = func.json_each(element.as_json).table_valued("value")
     return compiler.process(element.column.in_(select(values.c.value)), **kw)
 
@@ -657,9 +739,14 @@ class _Matching(ColumnElement[bool]):
     when exact it decides the texts without a newline (or all), otherwise it picks candidates.
     The distinct texts left to decide are gathered into one JSON array, matched by one call of
     :func:`mirror.query.regex.matching_texts`, and looked up in what comes back. Texts holding a
-    NUL, which GLOB and ``json_each`` cut short, travel as hex, when there are any. Elsewhere
-    the database's own regular expressions answer (PostgreSQL's are not RE2, but do not
-    backtrack exponentially either).
+    NUL, which GLOB and ``json_each`` cut short, travel as hex, when there are any.
+
+    Elsewhere (PostgreSQL) the database's own regular expressions are not RE2 (``\\b``, ``.``
+    and newlines, ``\\pL``, named groups differ), and a database function cannot call Python.
+    So the statement is completed just before it runs (:func:`_match_before_execution`): the
+    distinct texts ``candidates`` selects are read on the same connection, matched in one
+    :func:`mirror.query.regex.matching` call, and bound as ``matched``, one array parameter,
+    for ``column = ANY(matched)`` (with their indexed prefixes, ``matched_prefixes``).
     """
 
     inherit_cache = True
@@ -671,11 +758,17 @@ class _Matching(ColumnElement[bool]):
         ("across_lines", InternalTraversal.dp_boolean),
         ("texts", InternalTraversal.dp_clauseelement),
         ("with_nul", InternalTraversal.dp_clauseelement),
+        ("candidates", InternalTraversal.dp_clauseelement),
+        ("matched", InternalTraversal.dp_clauseelement),
+        ("matched_prefixes", InternalTraversal.dp_clauseelement),
     ]
 
     def __init__(self, column: ColumnElement[Any], pattern: str, texts: Select) -> None:
         self.column = column
         self.pattern = bindparam(None, pattern)
+        self.candidates = texts.distinct()
+        self.matched = bindparam(None, [], type_=ARRAY(column.type))
+        self.matched_prefixes = bindparam(None, [], type_=ARRAY(Text()))
         glob = regex.as_glob(pattern)
         self.exact = glob is not None and glob.exact
         self.across_lines = glob is not None and glob.across_lines
@@ -697,7 +790,9 @@ def _has(text: ColumnElement[Any], code: int) -> ColumnElement[bool]:
 
 @compiles(_Matching)
 def _matching_default(element: _Matching, compiler: Any, **kw: Any) -> str:
-    return compiler.process(element.column.regexp_match(element.pattern), **kw)
+    """The texts that matched, and their indexed prefixes (see :class:`_Text`)."""
+    prefix = _indexed_prefix(element.column) == any_(element.matched_prefixes)
+    return compiler.process(and_(prefix, element.column == any_(element.matched)), **kw)
 
 
 @compiles(_Matching, "sqlite")
@@ -738,3 +833,30 @@ def _add_regex_function(dbapi_connection: Any, record: Any, _proxy: Any) -> None
             _REGEX_FUNCTION, arguments, regex.matching_texts, deterministic=True
         )
     record.info[_REGEX_FUNCTION] = True
+
+
+@event.listens_for(Engine, "before_execute", retval=True)
+def _match_before_execution(
+    conn: Connection,
+    statement: Any,
+    multiparams: Any,
+    params: Any,
+    execution_options: Any,
+) -> tuple[Any, Any, Any]:
+    """On databases without the SQLite function, complete each :class:`_Matching` of a
+    statement about to run: its candidate texts are read on the same connection (and in the
+    same transaction) and the ones RE2 finds the pattern in are bound as its ``matched``.
+
+    An event on every engine, as the SQLite function is on every connection. The parameter's
+    value is set on the statement's own element, which the statement's parameters are read from
+    at each execution, so a cached compiled form is reused and each execution matches afresh.
+    """
+    if conn.dialect.name == "sqlite" or not isinstance(statement, ClauseElement):
+        return statement, multiparams, params
+    for element in iterate(statement):
+        if isinstance(element, _Matching):
+            texts = conn.execute(element.candidates).scalars().all()
+            matched = regex.matching(element.pattern.value, list(texts))
+            element.matched.value = matched
+            element.matched_prefixes.value = list(dict.fromkeys(map(indexed_prefix, matched)))
+    return statement, multiparams, params

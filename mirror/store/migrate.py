@@ -26,7 +26,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from filelock import FileLock, Timeout
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import DatabaseError
 
 from mirror.errors import MirrorError
@@ -38,6 +38,7 @@ from mirror.store.engine import (
     sqlite_path,
 )
 from mirror.store.models import metadata
+from mirror.store.texts import INDEXED_CHARS, PREFIX_INDEXES
 
 #: how long an upgrade waits for another process's upgrade of the same database
 LOCK_TIMEOUT_S = 600.0
@@ -213,9 +214,32 @@ def upgrade(engine: Engine, revision: str = "head") -> Path | None:
 
 
 def schema_differences(engine: Engine) -> list[object]:
-    """What the models declare that the database does not have, or the other way round."""
+    """What the models declare that the database does not have, or the other way round.
+
+    On PostgreSQL the indexes of :data:`mirror.store.texts.PREFIX_INDEXES` hold a prefix of
+    their text column, which the models (one declaration for every database) cannot say: they
+    are checked here by their definition instead of by Alembic's comparison.
+    """
     with engine.connect() as conn:
-        return list(compare_metadata(MigrationContext.configure(conn), metadata))
+        if conn.dialect.name != "postgresql":
+            return list(compare_metadata(MigrationContext.configure(conn), metadata))
+
+        def compared(item: Any, name: str | None, kind: str, *_: Any) -> bool:
+            return not (kind == "index" and name in PREFIX_INDEXES)
+
+        context = MigrationContext.configure(conn, opts={"include_object": compared})
+        differences: list[object] = list(compare_metadata(context, metadata))
+        found = dict(
+            conn.execute(
+                text(
+                    "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
+                )
+            ).all()
+        )
+        for name, (_table, column) in PREFIX_INDEXES.items():
+            if f"left({column}, {INDEXED_CHARS})" not in found.get(name, "").replace('"', ""):
+                differences.append(("modify_index" if name in found else "add_index", name))
+        return differences
 
 
 _DIFFERENCE_WORDS = {"add": "missing", "remove": "unexpected", "modify": "changed"}

@@ -40,6 +40,7 @@ from sqlalchemy import (
 )
 
 from mirror.store.packing import PackedText
+from mirror.store.texts import ByteText
 
 metadata = MetaData(
     naming_convention={
@@ -69,23 +70,23 @@ runs = Table(
     # a row from its start, so they must not sit behind kilobytes of config and summary JSON.
     Column("deleted_at", String(32)),  # deleted remotely, kept locally
     Column("synced_at", String(32)),
-    Column("name", String(255), nullable=False),  # the run id users see
+    Column("name", ByteText(255), nullable=False),  # the run id users see
     Column("storage_id", String(512), nullable=False),
-    Column("display_name", Text),
-    Column("state", String(32)),
+    Column("display_name", ByteText()),
+    Column("state", ByteText(32)),
     Column("tags", Text, nullable=False, default="[]"),  # JSON list
-    Column("group_name", Text),
-    Column("job_type", Text),
-    Column("notes", Text),
-    Column("description", Text),
-    Column("commit", String(255)),
-    Column("host", Text),
-    Column("sweep_name", String(255)),
-    Column("username", String(255)),
+    Column("group_name", ByteText()),
+    Column("job_type", ByteText()),
+    Column("notes", ByteText()),
+    Column("description", ByteText()),
+    Column("commit", ByteText(255)),
+    Column("host", ByteText()),
+    Column("sweep_name", ByteText(255)),
+    Column("username", ByteText(255)),
     Column("user_name", String(255)),
-    Column("created_at", String(32), nullable=False),  # naive UTC ISO text, as W&B sends it
-    Column("heartbeat_at", String(32)),
-    Column("updated_at", String(32)),
+    Column("created_at", ByteText(32), nullable=False),  # naive UTC ISO text, as W&B sends it
+    Column("heartbeat_at", ByteText(32)),
+    Column("updated_at", ByteText(32)),
     Column("history_line_count", Integer, nullable=False, default=0),
     Column("history_keys", PackedText),  # raw JSON, as W&B's historyKeys
     Column("config", PackedText, nullable=False, default="{}"),  # raw JSON text, values wrapped
@@ -129,7 +130,7 @@ field_keys = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("project_id", Integer, ForeignKey("projects.id"), nullable=False),
-    Column("path", Text, nullable=False),
+    Column("path", ByteText(), nullable=False),
     UniqueConstraint("project_id", "path"),
 )
 
@@ -144,7 +145,7 @@ run_fields = Table(
     # A number, or an array's length; NULL for text, documents, null and NaN, so that a test on
     # ``txt`` pins ``num IS NULL`` and the one index below serves numbers and texts alike.
     Column("num", Float),
-    Column("txt", Text),  # a text, a document key (fields.document_key), "NaN", a big int
+    Column("txt", ByteText()),  # a text, a document key (fields.document_key), "NaN", a big int
     # covering: a filter leaf never reads the table
     Index(None, "key_id", "kind", "num", "txt", "run_id", "elem"),
     # On SQLite the table is its primary key's B-tree (no rowid, no separate run index).
