@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mirror_db import Database, is_postgres
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from mirror.store.engine import make_engine
 from mirror.store.models import daemon_jobs
@@ -64,7 +65,7 @@ def write_config(
 class DaemonProcess:
     """One daemon over one mirror; stdout and stderr go to ``log_path``."""
 
-    def __init__(self, mirror: Path, config: Path, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, mirror: Database, config: Path, env: dict[str, str], log_path: Path) -> None:
         self.mirror = mirror
         self.config = config
         self.env = env
@@ -138,20 +139,20 @@ class DaemonProcess:
             self.proc.wait()
 
 
-def job_rows(mirror: Path) -> dict[str, dict[str, Any]]:
+def job_rows(mirror: Database) -> dict[str, dict[str, Any]]:
     """The daemon's job records, by job id (empty before the first start)."""
-    if not mirror.exists():
+    if not is_postgres(mirror) and not Path(mirror).exists():
         return {}
     engine = make_engine(mirror, create=False)
     try:
         with engine.connect() as conn:
             return {row["id"]: dict(row) for row in conn.execute(select(daemon_jobs)).mappings()}
-    except OperationalError:  # the daemon has not created the table yet
+    except (OperationalError, ProgrammingError):  # the daemon has not created the table yet
         return {}
     finally:
         engine.dispose()
 
 
-def job_runs(mirror: Path, job_id: str) -> int:
+def job_runs(mirror: Database, job_id: str) -> int:
     """How many times the job has started."""
     return int(job_rows(mirror).get(job_id, {}).get("runs") or 0)
