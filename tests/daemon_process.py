@@ -29,6 +29,7 @@ connect_timeout = 2
 [sync]
 concurrency = 4
 lag_window = 0
+{sync_extra}
 
 [daemon]
 pull_interval = {interval}
@@ -49,11 +50,17 @@ def write_config(
     extra: str = "",
     reconcile: str = "",
     daemon_extra: str = "",
+    sync_extra: str = "",
 ) -> Path:
     """A daemon config for ``projects`` with the test's fast settings; ``daemon_extra`` goes
-    into its ``[daemon]`` table, ``extra`` after its ``[backup]`` table."""
+    into its ``[daemon]`` table, ``sync_extra`` into ``[sync]``, ``extra`` after its
+    ``[backup]`` table."""
     text = FAST.format(
-        interval=interval, backup=backup, reconcile=reconcile, daemon_extra=daemon_extra
+        interval=interval,
+        backup=backup,
+        reconcile=reconcile,
+        daemon_extra=daemon_extra,
+        sync_extra=sync_extra,
     )
     text += extra
     for project in projects:
