@@ -25,7 +25,7 @@ from sync_env import ENTITY, KEY, PATH, PROJECT, Upstream, run_cli, seed_upstrea
 
 from mirror.store.engine import make_engine
 from mirror.store.lock import current_holder
-from mirror.store.models import projects, runs
+from mirror.store.models import projects, runs, sync_state
 from mirror.synth import seed_project
 from mirror.synth_activity import add_run, log_steps
 
@@ -421,3 +421,54 @@ def test_term_while_a_job_cannot_be_interrupted_waits_for_it_then_exits(tmp_path
         assert daemon.stop(timeout=30) == 0
         assert time.monotonic() - started < 20
     assert "daemon stopped" in daemon.log()
+
+
+@pytest.mark.postgresql
+def test_a_postgresql_password_never_shows(upstream, tmp_path, pg_server):
+    """A team mirror's URL carries a password: it connects (the test server trusts every
+    password, so any works) and never appears in the daemon's log, its job records, ``status``,
+    the refusals of a second writer, the dashboard's status page or a database error."""
+    password = "Hunter2-pg-" + os.urandom(6).hex()
+    plain = pg_server.new_database()
+    mirror = plain.replace("postgres@", f"postgres:{password}@", 1)
+    assert password in mirror
+    port = free_port()
+    extra = f"\n[serve]\nenabled = true\nport = {port}\n"
+    seen: list[str] = []
+    with _daemon(tmp_path, upstream.url, [PATH], interval=1, extra=extra, mirror=mirror) as daemon:
+        daemon.wait_log("pull acme/vision: 12 runs new")
+        daemon.wait_log("mirror role")
+        for command in (["daemon"], ["sync", PATH], ["push", PATH]):
+            refused = run_cli(
+                ["--db", mirror, "--config", str(daemon.config), *command], daemon.env
+            )
+            assert refused.returncode == 1, refused.stdout + refused.stderr
+            seen.append(refused.stdout + refused.stderr)
+        for command in (["status"], ["init"], ["runs", PATH]):
+            shown = run_cli(["--db", mirror, "--config", str(daemon.config), *command], daemon.env)
+            assert shown.returncode == 0, shown.stderr
+            seen.append(shown.stdout + shown.stderr)
+        assert "database: postgresql+psycopg://postgres:***@" in seen[3], seen[3]
+        seen.append(requests.get(f"http://127.0.0.1:{port}/status", timeout=10).text)
+        upstream.server.stop()  # pulls fail from here on: their errors go to the log and records
+        daemon.wait_log("pull:acme/vision failed")
+        assert daemon.stop() == 0
+    seen.append(daemon.log())
+    seen.extend(repr(row) for row in job_rows(plain).values())
+    engine = make_engine(plain, create=False)
+    with engine.connect() as conn:
+        seen.extend(repr(tuple(row)) for row in conn.execute(select(sync_state)))
+    engine.dispose()
+    for where in ("nosuch", None):  # a database that is not there, a server that is not there
+        broken = (
+            mirror.rsplit("/", 1)[0] + "/nosuch"
+            if where
+            else mirror.replace(f":{pg_server.port}/", f":{free_port()}/")
+        )
+        failed = run_cli(["--db", broken, "status"], daemon.env)
+        assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+        assert "postgres:***@" in failed.stderr or "127.0.0.1" in failed.stderr, failed.stderr
+        seen.append(failed.stdout + failed.stderr)
+    leaks = [text for text in seen if password in text]
+    assert not leaks, leaks
+    assert "postgres:***@" in daemon.log()  # the database is named, masked

@@ -39,7 +39,7 @@ from mirror.store.upsert import append_history, upsert_runs
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.timeout(300)]
 
-RUNS, STEPS, PAGE, BATCH = 30, 600, 50, 5
+RUNS, STEPS, PAGE, BATCH = 20, 500, 50, 5
 API_READERS = 8
 READER = Path(__file__).with_name("sync_reader.py")
 SYNC = f"history_page = {PAGE}\nrecord_batch = {BATCH}\n"
