@@ -50,7 +50,7 @@ from mirror.errors import MirrorError
 from mirror.remote.auth import resolve_credentials
 from mirror.remote.client import Interrupted, RemoteClient, RetryBudget
 from mirror.store import jobs, migrate, outbox
-from mirror.store.engine import make_engine, write_transaction
+from mirror.store.engine import make_engine, sqlite_path, write_transaction
 from mirror.store.lock import WriterLock
 from mirror.sync.cycle import Outcome, Target, make_client, run_cycle, targets
 
@@ -80,8 +80,13 @@ class JobSpec:
         return CronTrigger.from_crontab(self.cron)
 
 
-def job_specs(settings: Settings) -> list[JobSpec]:
-    """The jobs a config describes, pulls first; none for a project-less config but backups."""
+def job_specs(settings: Settings, snapshots: bool = True) -> list[JobSpec]:
+    """The jobs a config describes, pulls first; none for a project-less config but backups.
+
+    ``snapshots`` is whether the database is one the backup job can snapshot (an SQLite file):
+    a PostgreSQL mirror is backed up by the server's own tools, and a job that could only
+    fail every night would bury real failures in ``status``.
+    """
     d, b = settings.daemon, settings.backup
     grace = d.misfire_grace
     specs = []
@@ -90,7 +95,7 @@ def job_specs(settings: Settings) -> list[JobSpec]:
     for target in wanted:
         every = intervals.get(target.path) or d.pull_interval
         specs.append(JobSpec(f"pull:{target.path}", "pull", every, "", WRITER, grace, target))
-    scheduled = [("backup", b.schedule, READER)]
+    scheduled = [("backup", b.schedule if snapshots else "", READER)]
     if wanted:
         specs.append(JobSpec("push", "push", d.push_interval, "", WRITER, grace))
         scheduled += [("reconcile", d.reconcile, WRITER), ("export", b.export_schedule, READER)]
@@ -302,7 +307,13 @@ class Daemon:
     def _apply(self, settings: Settings) -> None:
         """Make the scheduler's jobs those of ``settings``; unchanged jobs keep their timing."""
         assert self.scheduler is not None
-        wanted = {spec.id: spec for spec in job_specs(settings)}
+        snapshots = sqlite_path(str(self._engine().url)) is not None
+        if settings.backup.schedule and not snapshots:
+            log.info(
+                "backup: not scheduled, the daemon snapshots SQLite mirrors only; back this "
+                "database up with pg_dump or the server's own backups"
+            )
+        wanted = {spec.id: spec for spec in job_specs(settings, snapshots)}
         for job_id in set(self._specs) - set(wanted):
             self.scheduler.remove_job(job_id)
         now = datetime.now(timezone.utc)
@@ -498,8 +509,6 @@ class Daemon:
 
 def default_export_dir(engine: Engine) -> Path:
     """``exports/`` beside an SQLite mirror."""
-    from mirror.store.engine import sqlite_path
-
     path = sqlite_path(str(engine.url))
     if path is None:
         raise MirrorError("set [backup] export_dest: this database has no directory of its own")
