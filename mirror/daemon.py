@@ -51,7 +51,7 @@ from mirror.remote.auth import resolve_credentials
 from mirror.remote.client import Interrupted, RemoteClient, RetryBudget
 from mirror.store import jobs, migrate, outbox
 from mirror.store.engine import make_engine, sqlite_path, write_transaction
-from mirror.store.lock import WriterLock
+from mirror.store.lock import LockHeld, WriterLock
 from mirror.sync.cycle import Outcome, Target, make_client, run_cycle, targets
 
 log = logging.getLogger("mirror.daemon")
@@ -130,13 +130,15 @@ class Daemon:
         self._key_checked = False
         self._busy = threading.Condition()  # guards ``_running``: jobs inside ``_run_job``
         self._running = 0
+        self._lock: WriterLock | None = None
+        self._lock_lost = False
 
     # --- start and stop ----------------------------------------------------------------------
 
     def run(self) -> int:
         """Lock, upgrade, schedule, serve, then wait for signals; the exit code."""
         database = self.database or self.settings.database
-        lock = WriterLock(database, "wandb-mirror daemon").acquire()
+        lock = self._lock = WriterLock(database, "wandb-mirror daemon").acquire()
         try:
             with self._signals() as signals:
                 try:
@@ -144,7 +146,7 @@ class Daemon:
                     self._signal_loop(signals)
                 finally:
                     self._shut_down()
-            return 0
+            return 1 if self._lock_lost else 0
         finally:
             lock.release()
 
@@ -378,6 +380,8 @@ class Daemon:
             "export": self._export,
         }
         started = time.perf_counter()
+        if spec.executor == WRITER and not self._still_the_writer():
+            return
         try:
             with write_transaction(self._engine()) as conn:
                 jobs.job_started(conn, job_id)
@@ -405,6 +409,33 @@ class Daemon:
         log.warning(
             "%s failed (%d in a row): %s; next try in %.0f s", job_id, failures, error, delay
         )
+
+    def _still_the_writer(self) -> bool:
+        """Before a job that writes: the writer lock is still ours, or taken again.
+
+        On PostgreSQL the lock lives in a database session, which a server restart or an
+        administrator can end while the daemon runs on. Then it is taken again; if another
+        writer took it meanwhile, the daemon stops (exit 1) rather than be a second writer.
+        """
+        lock = self._lock
+        if self._lock_lost:
+            return False  # stopping already: a second TERM would end the daemon at once
+        if lock is None or lock.held():
+            return True
+        log.warning("the writer lock's database session has ended; taking the lock again")
+        lock.release()
+        try:
+            lock.acquire()
+        except LockHeld as exc:
+            log.error("writer lock lost: %s; stopping, a mirror has one writer", exc)
+            self._lock_lost = True
+            os.kill(os.getpid(), signal.SIGTERM)  # the usual stop, from the main thread
+            return False
+        except SQLAlchemyError as exc:  # the server is still away: this run of the job waits
+            log.warning("the writer lock cannot be taken again yet: %s", getattr(exc, "orig", exc))
+            return False
+        log.info("the writer lock is held again")
+        return True
 
     def _backoff(self, spec: JobSpec, failures: int) -> float:
         """Seconds to the job's next try: after repeated failures of an interval job, doubling

@@ -24,7 +24,7 @@ from sync_checks import wait_for
 from sync_env import ENTITY, KEY, PATH, PROJECT, Upstream, run_cli, seed_upstream, sync_env
 
 from mirror.store.engine import make_engine
-from mirror.store.lock import current_holder
+from mirror.store.lock import WriterLock, current_holder
 from mirror.store.models import projects, runs, sync_state
 from mirror.synth import seed_project
 from mirror.synth_activity import add_run, log_steps
@@ -476,3 +476,29 @@ def test_a_postgresql_password_never_shows(upstream, tmp_path, pg_server):
     leaks = [text for text in seen if password in text]
     assert not leaks, leaks
     assert "postgres:***@" in daemon.log()  # the database is named, masked
+
+
+@pytest.mark.postgresql
+def test_on_postgresql_a_daemon_whose_lock_session_ends_takes_it_again_or_stops(
+    upstream, tmp_path, pg_server
+):
+    """An administrator (or a server restart) ends the session that holds the advisory lock:
+    the daemon takes the lock again before its next write; when another writer got it first,
+    the daemon stops with exit 1 instead of writing beside it."""
+    mirror = pg_server.new_database()
+    database = mirror.rsplit("/", 1)[1]
+    end_lock_session = (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{database}' AND application_name LIKE 'wm-writer|%'"
+    )
+    with _daemon(tmp_path, upstream.url, [PATH], interval=1, mirror=mirror) as daemon:
+        daemon.wait_log("pull acme/vision: 12 runs new")
+        pg_server.admin([end_lock_session])
+        daemon.wait_log("the writer lock is held again")
+        assert current_holder(mirror).pid == daemon.pid
+        mark = len(daemon.log())
+        pg_server.admin([end_lock_session])
+        with WriterLock(mirror, "wandb-mirror sync"):  # another writer, quicker than the daemon
+            daemon.wait_log("writer lock lost: wandb-mirror sync (pid ", after=mark)
+            assert daemon.proc.wait(timeout=30) == 1
+    assert "daemon stopped" in daemon.log()[mark:]

@@ -14,6 +14,7 @@ when that connection ends, however the holder ends.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from mirror.errors import MirrorError
@@ -34,6 +36,10 @@ _PROBE_GRACE_S = 0.5
 PG_WRITER_KEY = 0x776D77
 _APP_TAG = "wm-writer"  # application_name "wm-writer|PID|HOST|COMMAND", cut at 63 bytes
 _TRY_LOCK = text("SELECT pg_try_advisory_lock(:key)")
+_HOLDING = text(
+    "SELECT count(*) > 0 FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' "
+    "AND granted AND classid = 0 AND objid = :key AND objsubid = 1"
+)
 #: The server drops a session, and with it the lock, once its client is gone. A client that
 #: exits, even by ``kill -9``, closes its socket and the server notices at once; a host that
 #: vanishes (power cut, network gone) closes nothing, and the server's default keepalives would
@@ -193,6 +199,22 @@ class WriterLock:
         conn.commit()
         self._conn = conn
 
+    def held(self) -> bool:
+        """Whether this process still holds the lock it acquired.
+
+        A file lock lasts as long as the process. An advisory lock lasts as long as its session,
+        which a server restart, a failover or an administrator's ``pg_terminate_backend`` ends
+        while the holder runs on: a writer that runs for months asks before it writes.
+        """
+        if self._conn is None:
+            return self._fd is not None
+        try:
+            holding = bool(self._conn.execute(_HOLDING, {"key": PG_WRITER_KEY}).scalar_one())
+            self._conn.commit()
+        except SQLAlchemyError:
+            return False
+        return holding
+
     def release(self) -> None:
         """Give the lock up; on SQLite the file stays, emptied, for the next holder."""
         if self._fd is not None:
@@ -201,7 +223,8 @@ class WriterLock:
             os.close(self._fd)
             self._fd = None
         if self._conn is not None:
-            self._conn.close()  # the server drops a session's advisory locks with it
+            with contextlib.suppress(SQLAlchemyError):  # a session already gone took it along
+                self._conn.close()  # the server drops a session's advisory locks with it
             self._conn = None
 
     def __enter__(self) -> WriterLock:
