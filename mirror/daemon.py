@@ -520,6 +520,10 @@ class Daemon:
 
         base = self.settings.backup.export_dest
         engine = self._engine()
+        if engine.dialect.name == "postgresql":
+            # the export runs beside a pull and reads in one snapshot; read_transaction's
+            # is one statement's on PostgreSQL, where merged chunks would vanish mid-export
+            engine = engine.execution_options(isolation_level="REPEATABLE READ")
         root = Path(base).expanduser() if base else default_export_dir(engine)
         lines = []
         for target in self._targets():

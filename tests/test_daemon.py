@@ -431,17 +431,22 @@ def test_term_while_a_job_cannot_be_interrupted_waits_for_it_then_exits(tmp_path
 def test_a_postgresql_password_never_shows(upstream, tmp_path, pg_server):
     """A team mirror's URL carries a password: it connects (the test server trusts every
     password, so any works) and never appears in the daemon's log, its job records, ``status``,
-    the refusals of a second writer, the dashboard's status page or a database error."""
+    the refusals of a second writer, the dashboard's status page or a database error. (The
+    daemon's scheduled export, which needs a directory of its own here, runs along.)"""
     password = "Hunter2-pg-" + os.urandom(6).hex()
     plain = pg_server.new_database()
     mirror = plain.replace("postgres@", f"postgres:{password}@", 1)
     assert password in mirror
     port = free_port()
-    extra = f"\n[serve]\nenabled = true\nport = {port}\n"
+    exports = tmp_path / "exports"
+    extra = f'export_schedule = "every 2s"\nexport_dest = "{exports}"\n'
+    extra += f"\n[serve]\nenabled = true\nport = {port}\n"
     seen: list[str] = []
     with _daemon(tmp_path, upstream.url, [PATH], interval=1, extra=extra, mirror=mirror) as daemon:
         daemon.wait_log("pull acme/vision: 12 runs new")
         daemon.wait_log("mirror role")
+        daemon.wait_log("export: ", timeout=60)  # beside the pulls, from one snapshot
+        assert len((exports / ENTITY / PROJECT / "runs.jsonl").read_text().splitlines()) == 12
         for command in (["daemon"], ["sync", PATH], ["push", PATH]):
             refused = run_cli(
                 ["--db", mirror, "--config", str(daemon.config), *command], daemon.env
