@@ -50,8 +50,8 @@ from mirror.errors import MirrorError
 from mirror.remote.auth import resolve_credentials
 from mirror.remote.client import Interrupted, RemoteClient, RetryBudget
 from mirror.store import jobs, migrate, outbox
-from mirror.store.engine import make_engine, write_transaction
-from mirror.store.lock import WriterLock
+from mirror.store.engine import make_engine, sqlite_path, write_transaction
+from mirror.store.lock import LockHeld, WriterLock
 from mirror.sync.cycle import Outcome, Target, make_client, run_cycle, targets
 
 log = logging.getLogger("mirror.daemon")
@@ -80,8 +80,13 @@ class JobSpec:
         return CronTrigger.from_crontab(self.cron)
 
 
-def job_specs(settings: Settings) -> list[JobSpec]:
-    """The jobs a config describes, pulls first; none for a project-less config but backups."""
+def job_specs(settings: Settings, snapshots: bool = True) -> list[JobSpec]:
+    """The jobs a config describes, pulls first; none for a project-less config but backups.
+
+    ``snapshots`` is whether the database is one the backup job can snapshot (an SQLite file):
+    a PostgreSQL mirror is backed up by the server's own tools, and a job that could only
+    fail every night would bury real failures in ``status``.
+    """
     d, b = settings.daemon, settings.backup
     grace = d.misfire_grace
     specs = []
@@ -90,7 +95,7 @@ def job_specs(settings: Settings) -> list[JobSpec]:
     for target in wanted:
         every = intervals.get(target.path) or d.pull_interval
         specs.append(JobSpec(f"pull:{target.path}", "pull", every, "", WRITER, grace, target))
-    scheduled = [("backup", b.schedule, READER)]
+    scheduled = [("backup", b.schedule if snapshots else "", READER)]
     if wanted:
         specs.append(JobSpec("push", "push", d.push_interval, "", WRITER, grace))
         scheduled += [("reconcile", d.reconcile, WRITER), ("export", b.export_schedule, READER)]
@@ -125,13 +130,15 @@ class Daemon:
         self._key_checked = False
         self._busy = threading.Condition()  # guards ``_running``: jobs inside ``_run_job``
         self._running = 0
+        self._lock: WriterLock | None = None
+        self._lock_lost = False
 
     # --- start and stop ----------------------------------------------------------------------
 
     def run(self) -> int:
         """Lock, upgrade, schedule, serve, then wait for signals; the exit code."""
         database = self.database or self.settings.database
-        lock = WriterLock(database, "wandb-mirror daemon").acquire()
+        lock = self._lock = WriterLock(database, "wandb-mirror daemon").acquire()
         try:
             with self._signals() as signals:
                 try:
@@ -139,7 +146,7 @@ class Daemon:
                     self._signal_loop(signals)
                 finally:
                     self._shut_down()
-            return 0
+            return 1 if self._lock_lost else 0
         finally:
             lock.release()
 
@@ -302,7 +309,13 @@ class Daemon:
     def _apply(self, settings: Settings) -> None:
         """Make the scheduler's jobs those of ``settings``; unchanged jobs keep their timing."""
         assert self.scheduler is not None
-        wanted = {spec.id: spec for spec in job_specs(settings)}
+        snapshots = sqlite_path(str(self._engine().url)) is not None
+        if settings.backup.schedule and not snapshots:
+            log.info(
+                "backup: not scheduled, the daemon snapshots SQLite mirrors only; back this "
+                "database up with pg_dump or the server's own backups"
+            )
+        wanted = {spec.id: spec for spec in job_specs(settings, snapshots)}
         for job_id in set(self._specs) - set(wanted):
             self.scheduler.remove_job(job_id)
         now = datetime.now(timezone.utc)
@@ -367,6 +380,8 @@ class Daemon:
             "export": self._export,
         }
         started = time.perf_counter()
+        if spec.executor == WRITER and not self._still_the_writer():
+            return
         try:
             with write_transaction(self._engine()) as conn:
                 jobs.job_started(conn, job_id)
@@ -394,6 +409,33 @@ class Daemon:
         log.warning(
             "%s failed (%d in a row): %s; next try in %.0f s", job_id, failures, error, delay
         )
+
+    def _still_the_writer(self) -> bool:
+        """Before a job that writes: the writer lock is still ours, or taken again.
+
+        On PostgreSQL the lock lives in a database session, which a server restart or an
+        administrator can end while the daemon runs on. Then it is taken again; if another
+        writer took it meanwhile, the daemon stops (exit 1) rather than be a second writer.
+        """
+        lock = self._lock
+        if self._lock_lost:
+            return False  # stopping already: a second TERM would end the daemon at once
+        if lock is None or lock.held():
+            return True
+        log.warning("the writer lock's database session has ended; taking the lock again")
+        lock.release()
+        try:
+            lock.acquire()
+        except LockHeld as exc:
+            log.error("writer lock lost: %s; stopping, a mirror has one writer", exc)
+            self._lock_lost = True
+            os.kill(os.getpid(), signal.SIGTERM)  # the usual stop, from the main thread
+            return False
+        except SQLAlchemyError as exc:  # the server is still away: this run of the job waits
+            log.warning("the writer lock cannot be taken again yet: %s", getattr(exc, "orig", exc))
+            return False
+        log.info("the writer lock is held again")
+        return True
 
     def _backoff(self, spec: JobSpec, failures: int) -> float:
         """Seconds to the job's next try: after repeated failures of an interval job, doubling
@@ -478,6 +520,10 @@ class Daemon:
 
         base = self.settings.backup.export_dest
         engine = self._engine()
+        if engine.dialect.name == "postgresql":
+            # the export runs beside a pull and reads in one snapshot; read_transaction's
+            # is one statement's on PostgreSQL, where merged chunks would vanish mid-export
+            engine = engine.execution_options(isolation_level="REPEATABLE READ")
         root = Path(base).expanduser() if base else default_export_dir(engine)
         lines = []
         for target in self._targets():
@@ -498,8 +544,6 @@ class Daemon:
 
 def default_export_dir(engine: Engine) -> Path:
     """``exports/`` beside an SQLite mirror."""
-    from mirror.store.engine import sqlite_path
-
     path = sqlite_path(str(engine.url))
     if path is None:
         raise MirrorError("set [backup] export_dest: this database has no directory of its own")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TextIO
 from sqlalchemy import Engine
 
 from mirror.store import backup
-from mirror.store.engine import sqlite_path
+from mirror.store.engine import shown, sqlite_path
 from mirror.store.jobs import JobRecord, job_records
 from mirror.store.lock import current_holder
 from mirror.store.status import ProjectStatus, project_statuses
@@ -102,7 +102,8 @@ def write_report(engine: Engine, backup_dest: str, out: TextIO) -> None:
             f"; failed {_when(job.last_failure_at, now)}: {job.last_error}" if job.failures else ""
         )
         print(f"{job_id}: next {_when(job.next_run_at, now)}{failed}", file=out)
-    if path is None:
+    if path is None:  # a server's database: named without its password, no file to size
+        print(f"database: {shown(engine.url)}", file=out)
         return
     size = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.is_file())
     print(f"database: {path} ({size / 1e6:.1f} MB with its WAL)", file=out)

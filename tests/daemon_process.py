@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mirror_db import Database, is_postgres
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from mirror.store.engine import make_engine
 from mirror.store.models import daemon_jobs
@@ -28,6 +29,7 @@ connect_timeout = 2
 [sync]
 concurrency = 4
 lag_window = 0
+{sync_extra}
 
 [daemon]
 pull_interval = {interval}
@@ -48,11 +50,17 @@ def write_config(
     extra: str = "",
     reconcile: str = "",
     daemon_extra: str = "",
+    sync_extra: str = "",
 ) -> Path:
     """A daemon config for ``projects`` with the test's fast settings; ``daemon_extra`` goes
-    into its ``[daemon]`` table, ``extra`` after its ``[backup]`` table."""
+    into its ``[daemon]`` table, ``sync_extra`` into ``[sync]``, ``extra`` after its
+    ``[backup]`` table."""
     text = FAST.format(
-        interval=interval, backup=backup, reconcile=reconcile, daemon_extra=daemon_extra
+        interval=interval,
+        backup=backup,
+        reconcile=reconcile,
+        daemon_extra=daemon_extra,
+        sync_extra=sync_extra,
     )
     text += extra
     for project in projects:
@@ -64,7 +72,7 @@ def write_config(
 class DaemonProcess:
     """One daemon over one mirror; stdout and stderr go to ``log_path``."""
 
-    def __init__(self, mirror: Path, config: Path, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, mirror: Database, config: Path, env: dict[str, str], log_path: Path) -> None:
         self.mirror = mirror
         self.config = config
         self.env = env
@@ -138,20 +146,20 @@ class DaemonProcess:
             self.proc.wait()
 
 
-def job_rows(mirror: Path) -> dict[str, dict[str, Any]]:
+def job_rows(mirror: Database) -> dict[str, dict[str, Any]]:
     """The daemon's job records, by job id (empty before the first start)."""
-    if not mirror.exists():
+    if not is_postgres(mirror) and not Path(mirror).exists():
         return {}
     engine = make_engine(mirror, create=False)
     try:
         with engine.connect() as conn:
             return {row["id"]: dict(row) for row in conn.execute(select(daemon_jobs)).mappings()}
-    except OperationalError:  # the daemon has not created the table yet
+    except (OperationalError, ProgrammingError):  # the daemon has not created the table yet
         return {}
     finally:
         engine.dispose()
 
 
-def job_runs(mirror: Path, job_id: str) -> int:
+def job_runs(mirror: Database, job_id: str) -> int:
     """How many times the job has started."""
     return int(job_rows(mirror).get(job_id, {}).get("runs") or 0)

@@ -8,9 +8,9 @@ parquet exports cannot tell ``1`` from ``1.0`` in a column that holds both).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
+from mirror_db import Database
 from sqlalchemy import select
 
 from mirror.store.engine import make_engine
@@ -34,7 +34,7 @@ def same(a: Any, b: Any) -> bool:
     return a == b and type(a) in (type(b), int, float) and type(b) in (type(a), int, float)
 
 
-def snapshot(db: Path, entity: str, project: str) -> dict[str, dict[str, Any]]:
+def snapshot(db: Database, entity: str, project: str) -> dict[str, dict[str, Any]]:
     """Run name → its live columns (JSON parsed) and its history and events rows."""
     engine = make_engine(db, create=False)
     try:
@@ -61,7 +61,7 @@ def snapshot(db: Path, entity: str, project: str) -> dict[str, dict[str, Any]]:
 
 
 def differences(
-    upstream: Path, mirror: Path, entity: str, project: str, limit: int = 10
+    upstream: Database, mirror: Database, entity: str, project: str, limit: int = 10
 ) -> list[str]:
     """Where the mirror differs from the upstream (empty: an exact mirror)."""
     want = snapshot(upstream, entity, project)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,14 +16,16 @@ import pytest
 import requests
 from daemon_process import DaemonProcess, job_rows, job_runs, write_config
 from mirror_compare import differences
+from mirror_db import Database, is_postgres, lock_file
 from server_process import ServerProcess, free_port
 from sqlalchemy import func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sync_checks import wait_for
 from sync_env import ENTITY, KEY, PATH, PROJECT, Upstream, run_cli, seed_upstream, sync_env
 
 from mirror.store.engine import make_engine
-from mirror.store.models import projects, runs
+from mirror.store.lock import WriterLock, current_holder
+from mirror.store.models import projects, runs, sync_state
 from mirror.synth import seed_project
 from mirror.synth_activity import add_run, log_steps
 
@@ -36,9 +39,9 @@ def upstream(tmp_path: Path):
         yield up
 
 
-def _runs_in(mirror: Path, entity: str = ENTITY, project: str = PROJECT) -> int:
+def _runs_in(mirror: Database, entity: str = ENTITY, project: str = PROJECT) -> int:
     """Live runs of a project in the mirror (0 before the daemon created it)."""
-    if not mirror.exists():
+    if not is_postgres(mirror) and not Path(mirror).exists():
         return 0
     engine = make_engine(mirror, create=False)
     try:
@@ -52,22 +55,29 @@ def _runs_in(mirror: Path, entity: str = ENTITY, project: str = PROJECT) -> int:
                     runs.c.deleted_at.is_(None),
                 )
             ).scalar_one()
-    except OperationalError:  # the daemon has not created the tables yet
+    except (OperationalError, ProgrammingError):  # the daemon has not created the tables yet
         return 0
     finally:
         engine.dispose()
 
 
-def _daemon(tmp_path: Path, url: str, projects: list[str], **config: object) -> DaemonProcess:
+def _daemon(
+    tmp_path: Path, url: str, projects: list[str], mirror: Database | None = None, **config: object
+) -> DaemonProcess:
+    """A daemon over ``mirror`` (a file in ``tmp_path`` unless given) pulling ``projects``."""
     cfg = write_config(tmp_path / "config.toml", projects, **config)  # type: ignore[arg-type]
     env = sync_env(url, tmp_path / "home")
-    return DaemonProcess(tmp_path / "mirror.db", cfg, env, tmp_path / "daemon.log")
+    return DaemonProcess(mirror or tmp_path / "mirror.db", cfg, env, tmp_path / "daemon.log")
 
 
-def test_it_syncs_on_schedule_and_picks_up_new_runs_and_history(upstream, tmp_path):
-    with _daemon(tmp_path, upstream.url, [PATH]) as daemon:
+def test_it_syncs_on_schedule_and_picks_up_new_runs_and_history(upstream, tmp_path, database):
+    nightly = "30 3 * * *"
+    with _daemon(tmp_path, upstream.url, [PATH], mirror=database, backup=nightly) as daemon:
         daemon.wait_log("pull acme/vision: 12 runs new")
         assert differences(upstream.db, daemon.mirror, ENTITY, PROJECT) == []
+        # the nightly snapshot is SQLite's; a PostgreSQL mirror is the server's to back up
+        assert ("backup" in job_rows(daemon.mirror)) is not is_postgres(database)
+        assert ("back this database up with pg_dump" in daemon.log()) is is_postgres(database)
         running = upstream.run_with_state("running")
         upstream._change(log_steps, running, 25)
         upstream._change(add_run, "fresh1", 7)
@@ -85,8 +95,10 @@ def test_it_syncs_on_schedule_and_picks_up_new_runs_and_history(upstream, tmp_pa
     assert KEY not in log
 
 
-def test_usr1_pulls_at_once_and_hup_adds_a_project_from_the_edited_config(upstream, tmp_path):
-    with _daemon(tmp_path, upstream.url, [PATH], interval=3600) as daemon:
+def test_usr1_pulls_at_once_and_hup_adds_a_project_from_the_edited_config(
+    upstream, tmp_path, database
+):
+    with _daemon(tmp_path, upstream.url, [PATH], interval=3600, mirror=database) as daemon:
         daemon.wait_log("pull acme/vision: 12 runs new")
         upstream._change(add_run, "late1", 3)
         mark = len(daemon.log())
@@ -114,18 +126,30 @@ def test_usr1_pulls_at_once_and_hup_adds_a_project_from_the_edited_config(upstre
         assert daemon.stop() == 0
 
 
-def test_a_second_daemon_and_a_sync_are_refused_while_one_runs(upstream, tmp_path):
-    with _daemon(tmp_path, upstream.url, [PATH]) as daemon:
+def _refused_by(daemon: DaemonProcess, result: subprocess.CompletedProcess[str]) -> str:
+    """The one line a writer refused by ``daemon`` prints: it names the daemon's pid and host."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    line = result.stderr.strip()
+    assert f"wandb-mirror daemon (pid {daemon.pid} on {socket.gethostname()}," in line, line
+    return line
+
+
+def test_a_second_daemon_and_a_sync_are_refused_while_one_runs(upstream, tmp_path, database):
+    """One writer per mirror: a second daemon, ``sync``, ``pull`` and ``push`` are refused in
+    one line naming the daemon (on PostgreSQL through the advisory lock, whose holder the
+    server names)."""
+    with _daemon(tmp_path, upstream.url, [PATH], mirror=database) as daemon:
         daemon.wait_log("pull acme/vision")
         second = subprocess.run(
             daemon.command(), capture_output=True, text=True, env=daemon.env, timeout=30
         )
-        assert second.returncode == 1
-        assert second.stderr.count("\n") == 1, second.stderr
-        assert f"pid {daemon.pid}" in second.stderr and "daemon" in second.stderr
-        sync = run_cli(["--db", str(daemon.mirror), "sync", PATH], daemon.env)
-        assert sync.returncode == 1 and f"kill -USR1 {daemon.pid}" in sync.stderr, sync.stderr
-        assert "Traceback" not in sync.stderr + second.stderr
+        _refused_by(daemon, second)
+        for command in ("sync", "pull", "push"):
+            refused = run_cli(["--db", str(daemon.mirror), command, PATH], daemon.env)
+            line = _refused_by(daemon, refused)
+            assert f"kill -USR1 {daemon.pid}" in line, line
         status = run_cli(
             ["--db", str(daemon.mirror), "--config", str(daemon.config), "status"], daemon.env
         )
@@ -134,16 +158,51 @@ def test_a_second_daemon_and_a_sync_are_refused_while_one_runs(upstream, tmp_pat
         assert "next pull:" in status.stdout
         assert daemon.alive()
         assert daemon.stop() == 0
-    # once it is gone, the lock is free again and the file is still there
-    assert (tmp_path / "mirror.db.writer.lock").exists()
+    # once it is gone, the lock is free again (and on SQLite its file is still there)
+    held = lock_file(database)
+    assert held is None or held.exists()
+    assert current_holder(database) is None
     sync = run_cli(["--db", str(daemon.mirror), "sync", PATH], daemon.env)
     assert sync.returncode == 0, sync.stderr
 
 
-def test_term_during_a_large_sync_stops_within_seconds_and_the_next_start_resumes(tmp_path):
+@pytest.mark.postgresql
+def test_on_postgresql_a_killed_daemons_lock_goes_with_its_session(upstream, tmp_path, pg_server):
+    """``kill -9`` leaves no lock behind: the server ends the daemon's session and its advisory
+    lock with it, so a restart right away is not refused. The lock is this database's alone:
+    a mirror in another database of the same server has a writer of its own."""
+    mirror, other = pg_server.new_database(), pg_server.new_database()
+    with _daemon(tmp_path, upstream.url, [PATH], mirror=mirror) as daemon:
+        daemon.wait_log("pull acme/vision: 12 runs new")
+        assert current_holder(mirror).pid == daemon.pid
+        assert current_holder(other) is None
+        elsewhere = run_cli(["--db", other, "sync", PATH], daemon.env)
+        assert elsewhere.returncode == 0, elsewhere.stderr
+        status = run_cli(["--db", other, "status"], daemon.env)
+        assert "daemon: not running" in status.stdout, status.stdout
+        daemon.signal(signal.SIGKILL)
+        daemon.proc.wait(timeout=10)
+    assert "daemon stopped" not in daemon.log()
+    upstream.add_run("afterkill", 5)
+    started = time.monotonic()
+    sync = run_cli(["--db", mirror, "sync", PATH], daemon.env)
+    assert sync.returncode == 0, sync.stderr
+    assert "1 runs new" in sync.stdout
+    assert current_holder(mirror) is None
+    again = _daemon(tmp_path, upstream.url, [PATH], mirror=mirror)
+    with again:
+        again.wait_log("daemon started", after=len(daemon.log()))
+        assert again.stop() == 0
+    assert time.monotonic() - started < 60
+    assert differences(upstream.db, mirror, ENTITY, PROJECT) == []
+
+
+def test_term_during_a_large_sync_stops_within_seconds_and_the_next_start_resumes(
+    tmp_path, database
+):
     db = seed_upstream(tmp_path / "upstream.db", runs_=120, steps=600)
     with Upstream(db, tmp_path / "serve.log", ("--fault-latency-ms", "20")) as up:
-        daemon = _daemon(tmp_path, up.url, [PATH], interval=3600)
+        daemon = _daemon(tmp_path, up.url, [PATH], interval=3600, mirror=database)
         with daemon:
             wait_for(lambda: _runs_in(daemon.mirror) >= 10, 60, "the first runs")
             started = time.monotonic()
@@ -156,7 +215,7 @@ def test_term_during_a_large_sync_stops_within_seconds_and_the_next_start_resume
 
         assert integrity(daemon.mirror) == "ok"
         assert step_problems(daemon.mirror) == []
-        again = _daemon(tmp_path, up.url, [PATH], interval=3600)
+        again = _daemon(tmp_path, up.url, [PATH], interval=3600, mirror=database)
         with again:
             again.wait_log("pull acme/vision:", timeout=120, after=len(daemon.log()))
             assert differences(db, again.mirror, ENTITY, PROJECT) == []
@@ -175,11 +234,11 @@ def test_a_second_term_exits_at_once(tmp_path):
         assert daemon.proc.wait(timeout=5) == 128 + signal.SIGTERM
 
 
-def test_the_daemon_survives_an_upstream_that_goes_away_and_catches_up(tmp_path):
+def test_the_daemon_survives_an_upstream_that_goes_away_and_catches_up(tmp_path, database):
     db = seed_upstream(tmp_path / "upstream.db", runs_=8, steps=20)
     server = ServerProcess(db, tmp_path / "serve.log", args=("--threads", "4"))
     server.start()
-    with _daemon(tmp_path, server.url, [PATH]) as daemon:
+    with _daemon(tmp_path, server.url, [PATH], mirror=database) as daemon:
         daemon.wait_log("pull acme/vision: 8 runs new")
         server.stop()
         mark = len(daemon.log())
@@ -219,10 +278,12 @@ def test_a_sleep_through_many_runs_gives_one_catch_up_run_per_job(upstream, tmp_
         assert daemon.stop() == 0
 
 
-def test_with_serve_enabled_it_serves_the_mirror_with_pending_edits(upstream, tmp_path):
+def test_with_serve_enabled_it_serves_the_mirror_with_pending_edits(upstream, tmp_path, database):
     port = free_port()
     extra = f"\n[serve]\nenabled = true\nport = {port}\n"
-    with _daemon(tmp_path, upstream.url, [PATH], interval=3600, extra=extra) as daemon:
+    with _daemon(
+        tmp_path, upstream.url, [PATH], interval=3600, extra=extra, mirror=database
+    ) as daemon:
         daemon.wait_log("pull acme/vision: 12 runs new")
         daemon.wait_log("mirror role")
         name = upstream.names()[0]
@@ -293,8 +354,12 @@ def test_a_bad_config_or_a_missing_key_is_one_line(tmp_path):
     assert os.path.exists(tmp_path / "m.db")
 
 
-def test_the_scheduled_reconcile_catches_a_change_the_listing_does_not_show(upstream, tmp_path):
-    with _daemon(tmp_path, upstream.url, [PATH], interval=3600, reconcile="every 3s") as daemon:
+def test_the_scheduled_reconcile_catches_a_change_the_listing_does_not_show(
+    upstream, tmp_path, database
+):
+    with _daemon(
+        tmp_path, upstream.url, [PATH], interval=3600, reconcile="every 3s", mirror=database
+    ) as daemon:
         daemon.wait_log("pull acme/vision: 12 runs new")
         name = upstream.names()[0]
         engine = make_engine(upstream.db)
@@ -322,10 +387,10 @@ def test_the_log_goes_to_a_rotating_file_when_configured(upstream, tmp_path):
         assert KEY not in f.read_text()
 
 
-def test_edits_queued_while_it_runs_are_pushed_on_schedule(upstream, tmp_path):
+def test_edits_queued_while_it_runs_are_pushed_on_schedule(upstream, tmp_path, database):
     from mirror.store.fields import loads
 
-    with _daemon(tmp_path, upstream.url, [PATH], interval=1) as daemon:
+    with _daemon(tmp_path, upstream.url, [PATH], interval=1, mirror=database) as daemon:
         daemon.wait_log("pull acme/vision: 12 runs new")
         name = upstream.names()[3]
         edit = run_cli(
@@ -360,3 +425,85 @@ def test_term_while_a_job_cannot_be_interrupted_waits_for_it_then_exits(tmp_path
         assert daemon.stop(timeout=30) == 0
         assert time.monotonic() - started < 20
     assert "daemon stopped" in daemon.log()
+
+
+@pytest.mark.postgresql
+def test_a_postgresql_password_never_shows(upstream, tmp_path, pg_server):
+    """A team mirror's URL carries a password: it connects (the test server trusts every
+    password, so any works) and never appears in the daemon's log, its job records, ``status``,
+    the refusals of a second writer, the dashboard's status page or a database error. (The
+    daemon's scheduled export, which needs a directory of its own here, runs along.)"""
+    password = "Hunter2-pg-" + os.urandom(6).hex()
+    plain = pg_server.new_database()
+    mirror = plain.replace("postgres@", f"postgres:{password}@", 1)
+    assert password in mirror
+    port = free_port()
+    exports = tmp_path / "exports"
+    extra = f'export_schedule = "every 2s"\nexport_dest = "{exports}"\n'
+    extra += f"\n[serve]\nenabled = true\nport = {port}\n"
+    seen: list[str] = []
+    with _daemon(tmp_path, upstream.url, [PATH], interval=1, extra=extra, mirror=mirror) as daemon:
+        daemon.wait_log("pull acme/vision: 12 runs new")
+        daemon.wait_log("mirror role")
+        daemon.wait_log("export: ", timeout=60)  # beside the pulls, from one snapshot
+        assert len((exports / ENTITY / PROJECT / "runs.jsonl").read_text().splitlines()) == 12
+        for command in (["daemon"], ["sync", PATH], ["push", PATH]):
+            refused = run_cli(
+                ["--db", mirror, "--config", str(daemon.config), *command], daemon.env
+            )
+            assert refused.returncode == 1, refused.stdout + refused.stderr
+            seen.append(refused.stdout + refused.stderr)
+        for command in (["status"], ["init"], ["runs", PATH]):
+            shown = run_cli(["--db", mirror, "--config", str(daemon.config), *command], daemon.env)
+            assert shown.returncode == 0, shown.stderr
+            seen.append(shown.stdout + shown.stderr)
+        assert "database: postgresql+psycopg://postgres:***@" in seen[3], seen[3]
+        seen.append(requests.get(f"http://127.0.0.1:{port}/status", timeout=10).text)
+        upstream.server.stop()  # pulls fail from here on: their errors go to the log and records
+        daemon.wait_log("pull:acme/vision failed")
+        assert daemon.stop() == 0
+    seen.append(daemon.log())
+    seen.extend(repr(row) for row in job_rows(plain).values())
+    engine = make_engine(plain, create=False)
+    with engine.connect() as conn:
+        seen.extend(repr(tuple(row)) for row in conn.execute(select(sync_state)))
+    engine.dispose()
+    for where in ("nosuch", None):  # a database that is not there, a server that is not there
+        broken = (
+            mirror.rsplit("/", 1)[0] + "/nosuch"
+            if where
+            else mirror.replace(f":{pg_server.port}/", f":{free_port()}/")
+        )
+        failed = run_cli(["--db", broken, "status"], daemon.env)
+        assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+        assert "postgres:***@" in failed.stderr or "127.0.0.1" in failed.stderr, failed.stderr
+        seen.append(failed.stdout + failed.stderr)
+    leaks = [text for text in seen if password in text]
+    assert not leaks, leaks
+    assert "postgres:***@" in daemon.log()  # the database is named, masked
+
+
+@pytest.mark.postgresql
+def test_on_postgresql_a_daemon_whose_lock_session_ends_takes_it_again_or_stops(
+    upstream, tmp_path, pg_server
+):
+    """An administrator (or a server restart) ends the session that holds the advisory lock:
+    the daemon takes the lock again before its next write; when another writer got it first,
+    the daemon stops with exit 1 instead of writing beside it."""
+    mirror = pg_server.new_database()
+    database = mirror.rsplit("/", 1)[1]
+    end_lock_session = (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{database}' AND application_name LIKE 'wm-writer|%'"
+    )
+    with _daemon(tmp_path, upstream.url, [PATH], interval=1, mirror=mirror) as daemon:
+        daemon.wait_log("pull acme/vision: 12 runs new")
+        pg_server.admin([end_lock_session])
+        daemon.wait_log("the writer lock is held again")
+        assert current_holder(mirror).pid == daemon.pid
+        mark = len(daemon.log())
+        pg_server.admin([end_lock_session])
+        with WriterLock(mirror, "wandb-mirror sync"):  # another writer, quicker than the daemon
+            daemon.wait_log("writer lock lost: wandb-mirror sync (pid ", after=mark)
+            assert daemon.proc.wait(timeout=30) == 1
+    assert "daemon stopped" in daemon.log()[mark:]

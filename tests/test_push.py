@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from mirror_compare import snapshot
+from mirror_db import Database
 from sync_env import PATH, PROJECT, Upstream, run_cli, seed_upstream, sync_env
 
 from mirror import Api
@@ -16,17 +17,22 @@ from mirror.store.outbox import EditError
 RUNS, STEPS = 8, 30
 
 
+#: for a test whose write-back logic does not depend on the database: SQLite only
+SQLITE_ONLY = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+
+
 @pytest.fixture
-def world(tmp_path: Path):
+def world(tmp_path: Path, database: str):
+    """A synced mirror on each database (``SQLITE_ONLY`` narrows a test to one)."""
     db = seed_upstream(tmp_path / "upstream.db", RUNS, STEPS)
     with Upstream(db, tmp_path / "serve.log") as up:
-        mirror = tmp_path / "mirror.db"
+        mirror = database
         env = sync_env(up.url, tmp_path)
         assert run_cli(["--db", str(mirror), "sync", PATH], env).returncode == 0
         yield up, mirror, env
 
 
-def cli(mirror: Path, env: dict[str, str], *args: str):
+def cli(mirror: Database, env: dict[str, str], *args: str):
     return run_cli(["--db", str(mirror), *args], env)
 
 
@@ -34,7 +40,7 @@ def upstream_run(up: Upstream, name: str) -> dict:
     return snapshot(up.db, "acme", PROJECT)[name]
 
 
-def mirror_run(mirror: Path, name: str) -> dict:
+def mirror_run(mirror: Database, name: str) -> dict:
     return snapshot(mirror, "acme", PROJECT)[name]
 
 
@@ -100,8 +106,14 @@ def test_a_pull_never_overwrites_a_pending_edit(world):
 
 
 @pytest.mark.parametrize(
-    "policy, expected, status",
-    [("abort", 5, 1), ("local-wins", -1, 0), ("remote-wins", 5, 0)],
+    "policy, expected, status, database",
+    [
+        ("abort", 5, 1, "sqlite"),
+        pytest.param("abort", 5, 1, "postgresql", marks=pytest.mark.postgresql),
+        ("local-wins", -1, 0, "sqlite"),
+        ("remote-wins", 5, 0, "sqlite"),
+    ],
+    indirect=["database"],
 )
 def test_the_same_key_moved_on_both_sides_follows_the_policy(world, policy, expected, status):
     up, mirror, env = world
@@ -145,6 +157,7 @@ def test_a_conflict_is_resolved_by_taking_a_side(world):
     assert upstream_run(up, second)["summary_metrics"]["loss"] == 5
 
 
+@SQLITE_ONLY
 def test_an_edit_of_a_key_a_running_run_logs_waits(world):
     up, mirror, env = world
     name = up.run_with_state("running")
@@ -161,6 +174,7 @@ def test_an_edit_of_a_key_a_running_run_logs_waits(world):
     assert upstream_run(up, name)["summary_metrics"]["loss"] == -1
 
 
+@SQLITE_ONLY
 def test_an_edit_of_a_run_deleted_on_wandb_becomes_a_conflict(world):
     up, mirror, env = world
     name = up.run_with_state("finished")
@@ -172,6 +186,7 @@ def test_an_edit_of_a_run_deleted_on_wandb_becomes_a_conflict(world):
     assert "conflict" in cli(mirror, env, "outbox", "list").stdout
 
 
+@SQLITE_ONLY
 def test_deleting_a_config_key_is_refused_and_a_summary_key_deleted(world):
     up, mirror, env = world
     name = up.run_with_state("finished")

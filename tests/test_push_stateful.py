@@ -3,7 +3,8 @@
 Steps: a remote edit (W&B's side changes), a local edit (``mirror.Api``), a pull, a push, a push
 that crashes before or after its write reaches W&B (the process dies: nothing after that point
 runs), a restart (every object made anew from the files), and resolving a conflict. The upstream
-is ``serve`` as a real process; each example gets a project of its own and a fresh mirror file.
+is ``serve`` as a real process; each example gets a project of its own and a fresh mirror (a
+file, or a database of the PostgreSQL test server).
 
 Invariants after every step: no local edit is ever silently lost (W&B holds it, or it is open
 in the outbox); after a push and a pull with nothing open the mirror equals the remote; and the
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from mirror_db import Database, is_postgres
 from sqlalchemy import select
 from sync_env import KEY, Upstream, seed_upstream
 
@@ -57,7 +59,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory):
 
 class WriteBack(RuleBasedStateMachine):
     up: Upstream
-    root: Path
+    new_mirror: Callable[[str], Database]  # project name → a fresh mirror of its own
 
     def __init__(self) -> None:
         super().__init__()
@@ -65,7 +67,7 @@ class WriteBack(RuleBasedStateMachine):
         self.path = f"{ENTITY}/{self.project}"
         self.upstream_engine = make_engine(self.up.db)
         add_run(self.upstream_engine, ENTITY, self.project, RUN, 3)
-        self.mirror_file = self.root / f"{self.project}.db"
+        self.mirror_file = type(self).new_mirror(self.project)
         self.pending: dict[str, int] = {}  # key → the latest local value not yet on W&B
         self.bookmarks: list[str] = []
         self._open()
@@ -227,13 +229,22 @@ class WriteBack(RuleBasedStateMachine):
         assert self.mirror_summary() == self.remote_summary()
 
 
-def test_write_back_never_loses_an_edit(upstream):
+#: examples per database: fewer on PostgreSQL, whose run repeats the same rules on other storage
+EXAMPLES = {"sqlite": 15, "postgresql": 12}
+
+
+def test_write_back_never_loses_an_edit(upstream, request, database):
     up, root = upstream
+    kind = "postgresql" if is_postgres(database) else "sqlite"
     WriteBack.up = up
-    WriteBack.root = root
+    if kind == "postgresql":
+        server = request.getfixturevalue("pg_server")
+        WriteBack.new_mirror = staticmethod(lambda _project: server.new_database())
+    else:
+        WriteBack.new_mirror = staticmethod(lambda project: root / f"{project}.db")
     runner = WriteBack.TestCase
     runner.settings = settings(
-        max_examples=15,
+        max_examples=EXAMPLES[kind],
         stateful_step_count=12,
         deadline=None,
         suppress_health_check=list(HealthCheck),

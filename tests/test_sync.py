@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 from mirror_compare import differences
+from mirror_db import Database, exists, is_postgres, tables
 from server_process import free_port
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sync_env import (
     KEY,
     PATH,
@@ -38,7 +39,7 @@ def upstream(tmp_path: Path):
         yield up
 
 
-def sync(up: Upstream, mirror: Path, home: Path, *args: str, config: str | None = None):
+def sync(up: Upstream, mirror: Database, home: Path, *args: str, config: str | None = None):
     env = sync_env(up.url, home)
     extra = []
     if config is not None:
@@ -47,8 +48,10 @@ def sync(up: Upstream, mirror: Path, home: Path, *args: str, config: str | None 
     return run_cli(["--db", str(mirror), *extra, "sync", PATH, *args], env)
 
 
-def test_a_sync_gives_an_exact_mirror_and_a_resync_asks_almost_nothing(upstream, tmp_path):
-    mirror = tmp_path / "mirror.db"
+def test_a_sync_gives_an_exact_mirror_and_a_resync_asks_almost_nothing(
+    upstream, tmp_path, empty_database
+):
+    mirror = empty_database
     first = sync(upstream, mirror, tmp_path)
     assert first.returncode == 0, first.stderr
     line = summary_line(first)
@@ -66,9 +69,9 @@ def test_a_sync_gives_an_exact_mirror_and_a_resync_asks_almost_nothing(upstream,
 
 
 def test_the_next_sync_reflects_every_upstream_change_and_fetches_only_what_moved(
-    upstream, tmp_path
+    upstream, tmp_path, database
 ):
-    mirror = tmp_path / "mirror.db"
+    mirror = database
     assert sync(upstream, mirror, tmp_path).returncode == 0
     names = upstream.names()
     running = upstream.run_with_state("running")
@@ -97,9 +100,9 @@ def test_the_next_sync_reflects_every_upstream_change_and_fetches_only_what_move
 
 
 def test_the_mass_deletion_guard_keeps_the_mirror_when_the_listing_comes_back_empty(
-    upstream, tmp_path
+    upstream, tmp_path, database
 ):
-    mirror = tmp_path / "mirror.db"
+    mirror = database
     assert sync(upstream, mirror, tmp_path).returncode == 0
     for name in upstream.names():
         upstream.delete(name)
@@ -116,10 +119,10 @@ def test_the_mass_deletion_guard_keeps_the_mirror_when_the_listing_comes_back_em
     assert f"{RUNS} deleted" in summary_line(forced)
 
 
-def test_paging_that_repeats_and_skips_runs_still_gives_every_run(tmp_path):
+def test_paging_that_repeats_and_skips_runs_still_gives_every_run(tmp_path, database):
     db = seed_upstream(tmp_path / "upstream.db", 40, 20)
     with Upstream(db, tmp_path / "serve.log", ("--fault-page-repeat", "2")) as up:
-        mirror = tmp_path / "mirror.db"
+        mirror = database
         result = sync(up, mirror, tmp_path, config="[sync]\nlisting_page = 7\n")
         assert result.returncode == 0, result.stderr
         assert "repeated runs and left out" in result.stderr
@@ -127,8 +130,10 @@ def test_paging_that_repeats_and_skips_runs_still_gives_every_run(tmp_path):
         assert differences(db, mirror, "acme", PROJECT) == []
 
 
-def test_no_history_mirrors_runs_only_and_a_later_sync_fetches_the_history(upstream, tmp_path):
-    mirror = tmp_path / "mirror.db"
+def test_no_history_mirrors_runs_only_and_a_later_sync_fetches_the_history(
+    upstream, tmp_path, database
+):
+    mirror = database
     first = sync(upstream, mirror, tmp_path, "--no-history")
     assert first.returncode == 0, first.stderr
     assert "0 history rows" in summary_line(first)
@@ -137,8 +142,8 @@ def test_no_history_mirrors_runs_only_and_a_later_sync_fetches_the_history(upstr
     assert differences(upstream.db, mirror, "acme", PROJECT) == []
 
 
-def test_a_history_key_list_keeps_only_those_keys(upstream, tmp_path):
-    mirror = tmp_path / "mirror.db"
+def test_a_history_key_list_keeps_only_those_keys(upstream, tmp_path, database):
+    mirror = database
     config = f'[[project]]\npath = "{PATH}"\nhistory = ["loss"]\n'
     result = sync(upstream, mirror, tmp_path, config=config)
     assert result.returncode == 0, result.stderr
@@ -149,10 +154,10 @@ def test_a_history_key_list_keeps_only_those_keys(upstream, tmp_path):
     assert any("loss" in row for row in rows)
 
 
-def test_a_refused_key_is_one_line_naming_the_host_and_writes_nothing(tmp_path):
+def test_a_refused_key_is_one_line_naming_the_host_and_writes_nothing(tmp_path, empty_database):
     db = seed_upstream(tmp_path / "upstream.db", 3, 5)
     with Upstream(db, tmp_path / "serve.log", ("--api-key", "the-right-key")) as up:
-        mirror = tmp_path / "mirror.db"
+        mirror = empty_database
         result = sync(up, mirror, tmp_path)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -160,7 +165,7 @@ def test_a_refused_key_is_one_line_naming_the_host_and_writes_nothing(tmp_path):
     assert f"127.0.0.1:{up.server.port} refused the API key" in lines[0]
     assert "wandb login --host" in lines[0] and "WANDB_API_KEY" in lines[0]
     assert KEY not in result.stderr + result.stdout
-    assert not mirror.exists()
+    assert not exists(mirror)
 
 
 def test_an_unreachable_host_is_one_line_and_writes_nothing(tmp_path):
@@ -185,8 +190,10 @@ def test_no_key_anywhere_says_how_to_log_in(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_a_missing_project_is_one_line_and_the_other_projects_still_sync(upstream, tmp_path):
-    mirror = tmp_path / "mirror.db"
+def test_a_missing_project_is_one_line_and_the_other_projects_still_sync(
+    upstream, tmp_path, database
+):
+    mirror = database
     env = sync_env(upstream.url, tmp_path)
     result = run_cli(["--db", str(mirror), "sync", "acme/nosuch", PATH], env)
     assert result.returncode == 1
@@ -215,8 +222,8 @@ def test_a_malformed_config_is_one_line_and_writes_nothing(tmp_path, text, messa
     assert not mirror.exists()
 
 
-def test_status_shows_the_last_sync(upstream, tmp_path):
-    mirror = tmp_path / "mirror.db"
+def test_status_shows_the_last_sync(upstream, tmp_path, database):
+    mirror = database
     assert sync(upstream, mirror, tmp_path).returncode == 0
     result = run_cli(["--db", str(mirror), "status"], sync_env(upstream.url, tmp_path))
     assert result.returncode == 0, result.stderr
@@ -225,20 +232,27 @@ def test_status_shows_the_last_sync(upstream, tmp_path):
     assert "last success: 20" in result.stdout
 
 
-def test_the_key_is_never_written_or_printed(upstream, tmp_path):
-    mirror = tmp_path / "mirror.db"
+def test_the_key_is_never_written_or_printed(upstream, tmp_path, database):
+    mirror = database
     result = sync(upstream, mirror, tmp_path)
     assert result.returncode == 0
     assert KEY not in result.stdout + result.stderr
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
+    if is_postgres(mirror):  # the mirror is not among the files: read every row of it
+        engine = make_engine(mirror, create=False)
+        with engine.connect() as conn:
+            for name in tables(mirror):
+                for row in conn.execute(text(f'SELECT * FROM "{name}"')):
+                    assert KEY not in repr(tuple(row)), name
+        engine.dispose()
 
 
-def test_full_reconcile_catches_what_the_listing_cannot_show(upstream, tmp_path):
+def test_full_reconcile_catches_what_the_listing_cannot_show(upstream, tmp_path, database):
     """An edit of a finished run's config that moved none of the listed fields (W&B's UI can do
     this) is invisible to a normal cycle and caught by ``--full``."""
-    mirror = tmp_path / "mirror.db"
+    mirror = database
     assert sync(upstream, mirror, tmp_path).returncode == 0
     name = upstream.run_with_state("finished")
     engine = make_engine(upstream.db)
@@ -258,9 +272,9 @@ def test_full_reconcile_catches_what_the_listing_cannot_show(upstream, tmp_path)
     assert differences(upstream.db, mirror, "acme", PROJECT) == []
 
 
-def test_history_rewritten_upstream_is_fetched_anew(upstream, tmp_path):
+def test_history_rewritten_upstream_is_fetched_anew(upstream, tmp_path, database):
     """A resume with rewind: W&B's history of a run now has fewer rows and other values."""
-    mirror = tmp_path / "mirror.db"
+    mirror = database
     assert sync(upstream, mirror, tmp_path).returncode == 0
     name = upstream.run_with_state("finished")
     engine = make_engine(upstream.db)
@@ -289,10 +303,10 @@ PARQUET = ("--parquet-export-delay", "0", "--parquet-file-rows", "300")
 PARQUET_CONFIG = "[sync]\nparquet_min_rows = 0\nhistory_page = 100\n"
 
 
-def test_exported_history_is_read_from_parquet_files_and_checked(tmp_path):
+def test_exported_history_is_read_from_parquet_files_and_checked(tmp_path, database):
     db = seed_upstream(tmp_path / "upstream.db", 12, 700)
     with Upstream(db, tmp_path / "serve.log", PARQUET) as up:
-        mirror = tmp_path / "mirror.db"
+        mirror = database
         result = sync(up, mirror, tmp_path, config=PARQUET_CONFIG)
         assert result.returncode == 0, result.stderr
         line = summary_line(result)

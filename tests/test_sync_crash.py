@@ -26,18 +26,22 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
 import pytest
+from mirror_db import Database, exists, is_postgres
 from sync_checks import Reference, integrity, run_sync_rows, step_problems, tables
 from sync_env import ENTITY, PATH, PROJECT, Upstream, run_cli, seed_upstream, summary_line
 from sync_env import sync_env as make_env
 
 from mirror import cli
+from mirror.store.lock import current_holder
 
 RUNS, STEPS, PAGE = 24, 150, 30
 TRIALS, SLOW_TRIALS = 10, 40
+PG_TRIALS = 8
 CONFIG = f"[sync]\nhistory_page = {PAGE}\n"
 READER = Path(__file__).with_name("sync_reader.py")
 
@@ -54,14 +58,15 @@ class World:
         self.env = make_env(up.url, root)
         self.write_seconds = 0.0  # from the mirror file's creation to the sync's end
         self.fingerprints: dict[str, str | None] = {}
+        self.pg_write_seconds: float | None = None  # the same on PostgreSQL, measured once
 
-    def command(self, mirror: Path) -> list[str]:
+    def command(self, mirror: Database) -> list[str]:
         return ["--db", str(mirror), "--config", str(self.config), "sync", PATH]
 
-    def sync(self, mirror: Path) -> subprocess.CompletedProcess[str]:
+    def sync(self, mirror: Database) -> subprocess.CompletedProcess[str]:
         return run_cli(self.command(mirror), self.env, timeout=120)
 
-    def sync_here(self, mirror: Path) -> subprocess.CompletedProcess[str]:
+    def sync_here(self, mirror: Database) -> subprocess.CompletedProcess[str]:
         """The same sync in this process (the CLI's ``main``, this environment, output caught):
         what a kill left is finished without paying a second interpreter start per trial."""
         out, err = io.StringIO(), io.StringIO()
@@ -75,8 +80,14 @@ class World:
             self.command(mirror), code, out.getvalue(), err.getvalue()
         )
 
-    def start(self, mirror: Path) -> subprocess.Popen[str]:
-        """A sync in the background, returned once it created the mirror file (or ended)."""
+    def start(self, mirror: Database) -> subprocess.Popen[str]:
+        """A sync in the background, returned once it opened the mirror (or ended).
+
+        On SQLite that is when the file appears; on PostgreSQL, where the database is there
+        before the sync starts, when the sync takes the writer lock, just before it opens the
+        database (and creates the schema, when there is none).
+        """
+        appeared = (lambda: current_holder(mirror) is not None) if is_postgres(mirror) else None
         proc = subprocess.Popen(
             [sys.executable, "-m", "mirror.cli", *self.command(mirror)],
             env=self.env,
@@ -85,9 +96,20 @@ class World:
             text=True,
         )
         deadline = time.monotonic() + 60
-        while not mirror.exists() and proc.poll() is None and time.monotonic() < deadline:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if appeared() if appeared else Path(mirror).exists():
+                break
             time.sleep(0.005)
         return proc
+
+    def yardstick(self, mirror: Database) -> float:
+        """One complete sync into an empty ``mirror``: seconds from its opening to the end."""
+        proc = self.start(mirror)
+        started = time.monotonic()
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert self.reference.differences(mirror) == []
+        return time.monotonic() - started
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +120,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         w = World(root, up)
         # one complete sync: the yardstick for kill moments, and the state every trial must reach
         mirror = root / "reference.db"
-        proc = w.start(mirror)
-        started = time.monotonic()
-        out, err = proc.communicate(timeout=120)
-        w.write_seconds = time.monotonic() - started
-        assert proc.returncode == 0, err
-        assert w.reference.differences(mirror) == []
+        w.write_seconds = w.yardstick(mirror)
         w.fingerprints = {n: r["fingerprint"] for n, r in run_sync_rows(mirror).items()}
         assert all(w.fingerprints.values())
         yield w
@@ -121,21 +138,25 @@ def kill_moments(count: int, span: float, seed: int) -> list[float]:
     return moments
 
 
-def crash_trials(world: World, tmp_path: Path, trials: int) -> None:
+def crash_trials(
+    world: World, trials: int, new_mirror: Callable[[int], Database], span: float | None = None
+) -> None:
+    """``trials`` syncs killed at moments spread over ``span`` seconds (a complete sync's), each
+    into a mirror of its own from ``new_mirror(trial)``, then finished by a clean sync."""
     seed = int(os.environ.get("WANDB_MIRROR_CRASH_SEED") or random.SystemRandom().randrange(10**6))
-    moments = kill_moments(trials, world.write_seconds, seed)
+    moments = kill_moments(trials, world.write_seconds if span is None else span, seed)
     total = world.reference.rows()
     cut: list[tuple[float, int]] = []  # (moment, history rows the killed sync had written)
     for trial, moment in enumerate(moments):
         where = f"trial {trial} (WANDB_MIRROR_CRASH_SEED={seed}, kill {moment:.2f}s in)"
-        mirror = tmp_path / f"mirror{trial}.db"
+        mirror = new_mirror(trial)
         proc = world.start(mirror)
         time.sleep(moment)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
         killed = proc.returncode == -signal.SIGKILL
-        schema = tables(mirror) if mirror.exists() else set()
-        if mirror.exists():
+        schema = tables(mirror)
+        if is_postgres(mirror) or exists(mirror):
             # a kill before the schema's one transaction committed leaves no table at all
             assert integrity(mirror) == "ok", where
             assert schema == set() or {"alembic_version", "runs", "history_chunks"} <= schema
@@ -162,18 +183,34 @@ def crash_trials(world: World, tmp_path: Path, trials: int) -> None:
 
 
 def test_kill_9_at_random_moments_then_a_clean_sync_gives_an_exact_mirror(world, tmp_path):
-    crash_trials(world, tmp_path, TRIALS)
+    crash_trials(world, TRIALS, lambda trial: tmp_path / f"mirror{trial}.db")
+
+
+@pytest.mark.postgresql
+def test_kill_9_at_random_moments_on_postgresql_then_a_clean_sync_gives_an_exact_mirror(
+    world, pg_server
+):
+    """The same on PostgreSQL, into empty databases: a kill also lands in the creation of the
+    schema, which PostgreSQL runs in one transaction as SQLite does."""
+    if world.pg_write_seconds is None:
+        world.pg_write_seconds = world.yardstick(pg_server.new_database(migrated=False))
+    crash_trials(
+        world,
+        PG_TRIALS,
+        lambda _trial: pg_server.new_database(migrated=False),
+        span=world.pg_write_seconds,
+    )
 
 
 @pytest.mark.slow
 def test_kill_9_at_many_more_random_moments(world, tmp_path, request):
     if "slow" not in (request.config.getoption("markexpr") or ""):
         pytest.skip("a few minutes long: select it with -m slow")
-    crash_trials(world, tmp_path, SLOW_TRIALS)
+    crash_trials(world, SLOW_TRIALS, lambda trial: tmp_path / f"mirror{trial}.db")
 
 
-def test_a_reader_in_another_process_never_fails_during_a_sync(world, tmp_path):
-    mirror = tmp_path / "mirror.db"
+def test_a_reader_in_another_process_never_fails_during_a_sync(world, tmp_path, database):
+    mirror = database
     init = run_cli(["--db", str(mirror), "init"], world.env)
     assert init.returncode == 0, init.stderr
     stop = tmp_path / "stop"

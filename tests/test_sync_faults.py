@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 from mirror_compare import differences, snapshot
+from mirror_db import Database
 from requests.structures import CaseInsensitiveDict
 from sync_checks import (
     graphql_log,
@@ -59,7 +60,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return seed_upstream(tmp_path_factory.mktemp("upstream") / "upstream.db", RUNS, STEPS)
 
 
-def sync(url: str, mirror: Path, home: Path, text: str, *args: str, timeout: float = 180):
+def sync(url: str, mirror: Database, home: Path, text: str, *args: str, timeout: float = 180):
     """``wandb-mirror sync PATH`` against ``url`` with config file ``text``; (result, seconds)."""
     path = home / "c.toml"
     path.write_text(text)
@@ -71,7 +72,7 @@ def sync(url: str, mirror: Path, home: Path, text: str, *args: str, timeout: flo
     return result, time.monotonic() - started
 
 
-def exact(upstream: Path, mirror: Path) -> list[str]:
+def exact(upstream: Path, mirror: Database) -> list[str]:
     return differences(upstream, mirror, ENTITY, PROJECT)
 
 
@@ -232,20 +233,26 @@ def first_draws(seed: int, count: int, **rates: float) -> list[str]:
     return found
 
 
+MIXED = (
+    {"error_rate": 0.15, "drop_rate": 0.1, "seed": 7},
+    ("--fault-rate-limit", "8/1", "--fault-latency-ms", "20"),
+)
+
+
+# every fault on SQLite; on PostgreSQL the mix of them all, which holds each kind
 @pytest.mark.parametrize(
-    "rates, extra",
+    "rates, extra, database",
     [
-        ({"error_rate": 0.3, "seed": 6}, ()),
-        ({"drop_rate": 0.2, "seed": 2}, ()),
-        (
-            {"error_rate": 0.15, "drop_rate": 0.1, "seed": 7},
-            ("--fault-rate-limit", "8/1", "--fault-latency-ms", "20"),
-        ),
+        ({"error_rate": 0.3, "seed": 6}, (), "sqlite"),
+        ({"drop_rate": 0.2, "seed": 2}, (), "sqlite"),
+        (*MIXED, "sqlite"),
+        pytest.param(*MIXED, "postgresql", marks=pytest.mark.postgresql),
     ],
-    ids=["5xx", "drops", "mixed"],
+    ids=["5xx-sqlite", "drops-sqlite", "mixed-sqlite", "mixed-postgresql"],
+    indirect=["database"],
 )
 def test_error_bursts_and_drops_end_in_an_exact_mirror_within_the_budget(
-    seeded, tmp_path, rates, extra
+    seeded, tmp_path, rates, extra, database
 ):
     # the seeds are chosen so that the key check passes and, among the next 9 requests (every
     # sync of this upstream sends more), each kind of failure the rates ask for happens
@@ -255,7 +262,7 @@ def test_error_bursts_and_drops_end_in_an_exact_mirror_within_the_budget(
     assert draws[0] == "ok" and expected <= set(draws[1:])
     faults = [f"--fault-{k.replace('_', '-')}={v}" for k, v in rates.items()]
     faults += list(extra)
-    mirror = tmp_path / "mirror.db"
+    mirror = database
     with Upstream(seeded, tmp_path / "serve.log", faults) as up:
         # no pacing, so that the rate limit answers 429 too
         result, _took = sync(up.url, mirror, tmp_path, config({"slow_below": 0}, history_page=20))
@@ -303,14 +310,14 @@ def test_a_5xx_with_ratelimit_headers_does_not_stall_the_sync_until_the_reset(se
 
 
 def test_answers_slower_than_the_timeout_spend_the_budget_skip_runs_and_write_nothing_half(
-    seeded, tmp_path
+    seeded, tmp_path, database
 ):
     """Three runs' history answers come after 3 s, the timeout is 1 s and the sync may retry 3
     times in all: those runs are skipped and say why, the others are mirrored exactly."""
     slow_runs = set(runs_with_history(seeded, 3))
     budget = 3
     settings = config({"timeout": 1, "connect_timeout": 1, "retry_budget": budget})
-    mirror = tmp_path / "mirror.db"
+    mirror = database
     with Upstream(seeded, tmp_path / "serve.log") as up, FaultProxy(up.url) as proxy:
         proxy.rule = lambda seen: slow(3.0) if seen.run in slow_runs else None
         started = time.monotonic()
@@ -374,20 +381,26 @@ def test_a_server_slower_than_the_timeout_is_one_line_and_a_later_sync_is_exact(
 # --- one run that always fails --------------------------------------------------------------
 
 
+def _unavailable() -> object:
+    return server_error("history backend unavailable")
+
+
 @pytest.mark.parametrize(
-    "failure, attempts",
+    "failure, attempts, database",
     [
-        (lambda: server_error("history backend unavailable"), 3),
-        (lambda: graphql_error("run is corrupt"), 1),
+        (_unavailable, 3, "sqlite"),
+        pytest.param(_unavailable, 3, "postgresql", marks=pytest.mark.postgresql),
+        (lambda: graphql_error("run is corrupt"), 1, "sqlite"),
     ],
-    ids=["500-retried", "graphql-error-not-retried"],
+    ids=["500-retried-sqlite", "500-retried-postgresql", "graphql-error-not-retried-sqlite"],
+    indirect=["database"],
 )
 def test_a_run_whose_history_always_fails_is_skipped_recorded_and_retried_next_cycle(
-    seeded, tmp_path, failure, attempts
+    seeded, tmp_path, failure, attempts, database
 ):
     (broken,) = runs_with_history(seeded, 1)
     settings = config({"max_attempts": 3})
-    mirror = tmp_path / "mirror.db"
+    mirror = database
     with Upstream(seeded, tmp_path / "serve.log") as up, FaultProxy(up.url) as proxy:
         proxy.rule = lambda seen: failure() if seen.run == broken else None
         for cycle in (1, 2):
@@ -426,13 +439,13 @@ def test_a_run_whose_history_always_fails_is_skipped_recorded_and_retried_next_c
 
 
 def test_a_run_failing_after_its_first_page_keeps_that_page_and_continues_after_it(
-    seeded, tmp_path
+    seeded, tmp_path, database
 ):
     page = 10
     (broken,) = runs_with_history(seeded, 1, least=3 * page)
     want = snapshot(seeded, ENTITY, PROJECT)[broken]["history"]
     settings = config({"max_attempts": 2}, history_page=page)
-    mirror = tmp_path / "mirror.db"
+    mirror = database
     answered: list[Seen] = []
 
     def after_first_page(seen: Seen):

@@ -47,9 +47,9 @@ def view(api: Any) -> list[dict[str, Any]]:
     return out
 
 
-def test_the_wandb_client_reads_the_mirror_as_it_reads_the_upstream(tmp_path, wandb_home):
+def test_the_wandb_client_reads_the_mirror_as_it_reads_the_upstream(tmp_path, wandb_home, database):
     db = seed_upstream(tmp_path / "upstream.db", 12, 400)
-    mirror = tmp_path / "mirror.db"
+    mirror = database
     with Upstream(db, tmp_path / "up.log") as up:
         result = run_cli(["--db", str(mirror), "sync", PATH], sync_env(up.url, tmp_path))
         assert result.returncode == 0, result.stderr
@@ -65,13 +65,13 @@ def test_the_wandb_client_reads_the_mirror_as_it_reads_the_upstream(tmp_path, wa
 
 
 def test_the_wandb_clients_edits_through_a_mirror_serve_reach_wandb_with_the_next_sync(
-    tmp_path, wandb_home
+    tmp_path, wandb_home, database
 ):
     """``serve`` over a synced mirror takes the mirror role: the official client's
     ``run.summary.update`` and ``run.update()`` land in the outbox, show at once, and the next
     ``sync`` pushes them to the upstream."""
     db = seed_upstream(tmp_path / "upstream.db", 4, 20)
-    mirror = tmp_path / "mirror.db"
+    mirror = database
     with Upstream(db, tmp_path / "up.log") as up:
         env = sync_env(up.url, tmp_path)
         assert run_cli(["--db", str(mirror), "sync", PATH], env).returncode == 0

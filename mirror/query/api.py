@@ -116,10 +116,18 @@ class Api:
             raise _database_error(exc, "read") from None
 
     def _read(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn(conn, *args)`` in a read transaction, failures as ``CommError``."""
+        """Run ``fn(conn, *args)`` in a read transaction, failures as ``CommError``.
+
+        The transaction is one snapshot, as SQLite's is: on PostgreSQL a read-committed
+        transaction sees each statement's own, and a history read lists a run's chunks before it
+        fetches them, while the daemon may merge those chunks into new ones in between.
+        """
         try:
-            with self._connect() as conn, conn.begin():
-                return fn(conn, *args)
+            with self._connect() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    return fn(conn, *args)
         except SQLAlchemyError as exc:
             raise _database_error(exc, "read") from None
 

@@ -14,6 +14,7 @@ when that connection ends, however the holder ends.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -24,15 +25,29 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from mirror.errors import MirrorError
-from mirror.store.engine import database_url, sqlite_path
+from mirror.store.engine import database_url, shown, sqlite_path
 
 _PROBE_GRACE_S = 0.5
 #: the PostgreSQL advisory lock key of the writer lock (any constant; "wmw" in ASCII)
 PG_WRITER_KEY = 0x776D77
 _APP_TAG = "wm-writer"  # application_name "wm-writer|PID|HOST|COMMAND", cut at 63 bytes
+_TRY_LOCK = text("SELECT pg_try_advisory_lock(:key)")
+_HOLDING = text(
+    "SELECT count(*) > 0 FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' "
+    "AND granted AND classid = 0 AND objid = :key AND objsubid = 1"
+)
+#: The server drops a session, and with it the lock, once its client is gone. A client that
+#: exits, even by ``kill -9``, closes its socket and the server notices at once; a host that
+#: vanishes (power cut, network gone) closes nothing, and the server's default keepalives would
+#: keep its lock for two hours. These make the server give such a session up after about a
+#: minute of silence (30 s idle, then 3 probes 10 s apart).
+_KEEPALIVE_OPTIONS = (
+    "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+)
 
 
 class LockHeld(MirrorError):
@@ -138,7 +153,9 @@ class WriterLock:
     def acquire(self) -> WriterLock:
         """Take the lock or raise ``LockHeld`` naming the holder.
 
-        It waits only a moment, for a ``status`` that is probing the lock at that instant.
+        It waits only a moment: for a ``status`` that is probing the file lock at that instant,
+        or, on PostgreSQL, for the server to finish closing the session of a holder that has
+        just exited (a restart right after ``kill -9`` would otherwise be refused).
         """
         if sqlite_path(self.url) is not None:
             self._acquire_file()
@@ -165,16 +182,38 @@ class WriterLock:
         me = _me(self.command)
         name = f"{_APP_TAG}|{me.pid}|{me.host}|{me.command}"
         engine = create_engine(
-            self.url, poolclass=NullPool, connect_args={"application_name": name[:63]}
+            self.url,
+            poolclass=NullPool,
+            connect_args={"application_name": name[:63], "options": _KEEPALIVE_OPTIONS},
         )
         conn = engine.connect()
-        got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": PG_WRITER_KEY})
-        if not got.scalar_one():
+        deadline = time.monotonic() + _PROBE_GRACE_S
+        while not conn.execute(_TRY_LOCK, {"key": PG_WRITER_KEY}).scalar_one():
+            conn.rollback()
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
             holder = _advisory_holder(conn)
             conn.close()
-            raise _refusal(holder, make_url(self.url).render_as_string(hide_password=True))
+            raise _refusal(holder, shown(self.url))
         conn.commit()
         self._conn = conn
+
+    def held(self) -> bool:
+        """Whether this process still holds the lock it acquired.
+
+        A file lock lasts as long as the process. An advisory lock lasts as long as its session,
+        which a server restart, a failover or an administrator's ``pg_terminate_backend`` ends
+        while the holder runs on: a writer that runs for months asks before it writes.
+        """
+        if self._conn is None:
+            return self._fd is not None
+        try:
+            holding = bool(self._conn.execute(_HOLDING, {"key": PG_WRITER_KEY}).scalar_one())
+            self._conn.commit()
+        except SQLAlchemyError:
+            return False
+        return holding
 
     def release(self) -> None:
         """Give the lock up; on SQLite the file stays, emptied, for the next holder."""
@@ -184,7 +223,8 @@ class WriterLock:
             os.close(self._fd)
             self._fd = None
         if self._conn is not None:
-            self._conn.close()  # the server drops a session's advisory locks with it
+            with contextlib.suppress(SQLAlchemyError):  # a session already gone took it along
+                self._conn.close()  # the server drops a session's advisory locks with it
             self._conn = None
 
     def __enter__(self) -> WriterLock:
@@ -195,12 +235,20 @@ class WriterLock:
 
 
 def _advisory_holder(conn: Connection) -> Holder | None:
-    """The session holding the writer key, as its ``application_name`` describes it."""
+    """The session holding the writer key, as its ``application_name`` describes it.
+
+    ``pg_locks`` shows the locks of every database on the server, and an advisory lock is one
+    database's: the holder is looked for in this database only, so that the daemon of another
+    mirror on the same server is not named as this one's writer. A ``bigint`` key shows as its
+    high half in ``classid``, its low half in ``objid`` and ``objsubid`` 1.
+    """
     row = conn.execute(
         text(
             "SELECT a.application_name, a.client_addr, a.pid, a.backend_start "
             "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted AND l.objid = :key"
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = :key "
+            "AND l.objsubid = 1 "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         ),
         {"key": PG_WRITER_KEY},
     ).first()
