@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mirror import __version__
 from mirror.arguments import Parser
 from mirror.config import Settings, load_settings
-from mirror.errors import MirrorError
+from mirror.errors import MirrorError, database_reason
 from mirror.store import migrate
 from mirror.store.engine import database_url, make_engine, shown
 from mirror.store.fields import NONFINITE_CHOICES
@@ -770,7 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wandb-mirror: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        reason = database_reason(exc)
         print(f"wandb-mirror: database error in {_shown_database(args)}: {reason}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:

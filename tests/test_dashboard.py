@@ -26,6 +26,8 @@ from mirror.serve.dashboard.decimate import m4
 from mirror.status import write_report
 from mirror.store.engine import make_engine
 
+pytest_plugins = ["serve_databases"]
+
 
 @pytest.fixture(scope="module")
 def engine(dashboard_db: Path):

@@ -32,6 +32,8 @@ from mirror.store.engine import make_engine, read_transaction, write_transaction
 from mirror.store.read import find_project, find_run
 from mirror.store.upsert import append_history, upsert_runs
 
+pytest_plugins = ["serve_databases"]
+
 ENTITY = "acme"
 SLOW = "slow"  # many small runs: a filter over all of them takes seconds of SQL
 WIDE = "wide"  # runs with ~100 KB of config and summary each

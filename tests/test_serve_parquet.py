@@ -51,6 +51,8 @@ from mirror.store.models import runs
 from mirror.store.read import find_project, find_run, iter_rows
 from mirror.store.upsert import append_history, upsert_runs
 
+pytest_plugins = ["serve_databases"]
+
 wandb = pytest.importorskip("wandb")
 
 KEY = "parquettest" + "0" * 29  # wandb wants 40 characters
@@ -450,9 +452,9 @@ def test_bad_settings_are_one_line_usage_errors(db, args, env, message):
     assert message in done.stderr and done.stderr.strip().count("\n") == 0
 
 
-def test_exports_are_off_without_a_delay(served):
+def test_exports_are_off_without_a_delay(served_on):
     answer = requests.post(
-        served.graphql_url,
+        served_on.graphql_url,
         json={
             "query": PARQUET_QUERY,
             "variables": {
@@ -465,7 +467,7 @@ def test_exports_are_off_without_a_delay(served):
         timeout=30,
     ).json()
     assert answer["data"]["project"]["run"]["parquetHistory"] == {"parquetUrls": [], "liveData": []}
-    assert requests.get(f"{served.url}/parquet/x.y", timeout=10).status_code == 404
+    assert requests.get(f"{served_on.url}/parquet/x.y", timeout=10).status_code == 404
 
 
 # --- the pieces, in process ----------------------------------------------------------------

@@ -29,13 +29,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
 from waitress.task import WSGITask
 
 from mirror.arguments import Parser
-from mirror.errors import ConfigError, MirrorError
+from mirror.errors import ConfigError, MirrorError, database_reason
 from mirror.serve import options, parquet_export
 from mirror.serve.app import DROP_CONNECTION, TRUST_CONNECTION, MirrorApp
 from mirror.serve.arguments import (
@@ -51,7 +52,7 @@ from mirror.serve.faults import FaultConfig
 from mirror.serve.limits import Limits
 from mirror.serve.parquet_export import ParquetConfig, ParquetExports
 from mirror.store import migrate
-from mirror.store.engine import make_engine, sqlite_path
+from mirror.store.engine import database_url, make_engine, shown, sqlite_path
 from mirror.store.models import sync_state
 
 log = logging.getLogger("mirror.serve")
@@ -398,6 +399,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         )
     except MirrorError as exc:
         return _failed(str(exc))
+    except SQLAlchemyError as exc:  # the server is unreachable, refuses the user, ...
+        return _failed(f"database error in {shown(database_url(args.db))}: {database_reason(exc)}")
     except OSError as exc:
         return _failed(f"cannot listen on {args.host}:{args.port}: {exc}")
     return 0
