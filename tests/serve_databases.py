@@ -10,13 +10,13 @@ session-scoped fixture is set up once per module that imports it, and seeding is
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
-from server_process import ServerProcess, seed_database
+from server_process import BOTH, ServerProcess, seed_database
+from sqlalchemy import Engine
 
-#: the databases a test runs on; the PostgreSQL runs carry the ``postgresql`` mark
-BOTH = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
+from mirror.store.engine import make_engine
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +64,9 @@ def dashboard_database(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("dashboard_db"))
 
 
-def fresh_on(kind: str, tmp: Path, pg_server_request: pytest.FixtureRequest) -> str:
-    """A fresh mirror location for a module-scoped fixture parametrized over ``BOTH``."""
-    if kind == "postgresql":
-        return pg_server_request.getfixturevalue("pg_server").new_database()
-    return str(tmp / "mirror.db")
+@pytest.fixture
+def database_engine(database: str) -> Iterator[Engine]:
+    """An engine on a fresh, migrated mirror on each database (``database``)."""
+    engine = make_engine(database)
+    yield engine
+    engine.dispose()

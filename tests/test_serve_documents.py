@@ -271,7 +271,8 @@ def test_a_history_page_smaller_than_its_window_samples_evenly_keeping_the_ends(
     assert again == page
 
 
-def test_history_without_samples_is_capped_at_500_with_or_without_a_window(engine):
+def test_history_without_samples_is_capped_at_500_with_or_without_a_window(database_engine):
+    engine = database_engine
     with write_transaction(engine) as conn:
         run_id = upsert_runs(conn, ENTITY, "capped", [{"name": "long0001"}])["long0001"]
         append_history(conn, run_id, [{"_step": i, "x": i} for i in range(1200)])

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 from server_process import (
+    BOTH,
     DATA,
     ENTITY,
     PROJECT,
@@ -195,11 +196,15 @@ def test_keyed_history_holds_rows_with_all_keys(api, served_database, offline):
     assert len(sampled) == 10
 
 
-@pytest.fixture(scope="module")
-def writable(tmp_path_factory: pytest.TempPathFactory, wandb_env):
-    """A server over its own small database, for the tests that write."""
+@pytest.fixture(scope="module", params=BOTH)
+def writable(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, wandb_env):
+    """A server over its own small database on each database, for the tests that write."""
     tmp = tmp_path_factory.mktemp("writable")
-    db = seed_database(tmp / "mirror.db", runs=12, steps=20)
+    if request.param == "postgresql":
+        where = request.getfixturevalue("pg_server").new_database()
+    else:
+        where = str(tmp / "mirror.db")
+    db = seed_database(where, runs=12, steps=20)
     with ServerProcess(db, tmp / "serve.log") as server:
         yield server
 

@@ -5,6 +5,7 @@ where parquet exports live and which base URL their links start with, and the re
 from __future__ import annotations
 
 import functools
+import math
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -23,6 +24,8 @@ from mirror.store.engine import read_transaction, write_transaction
 from mirror.store.fields import dumps
 
 Resolver = Callable[..., Any]
+#: how long stopping the server waits for PostgreSQL to confirm a statement's cancellation
+CANCEL_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -83,7 +86,9 @@ def _bounded(conn: Connection, budget: Budget) -> Iterator[None]:
 
     SQLite checks a progress handler every few thousand virtual-machine steps (the statement
     then fails with "interrupted"); PostgreSQL gets the time left as ``statement_timeout`` for
-    this transaction. The handler is removed before the connection goes back to the pool.
+    this transaction, rounded up so that the statement never ends before the budget says it is
+    out of time (the error is then reported as the time limit), and a cancel request should the
+    server stop. The handler is removed before the connection goes back to the pool.
     """
     raw = conn.connection.dbapi_connection
     if isinstance(raw, sqlite3.Connection):
@@ -93,10 +98,21 @@ def _bounded(conn: Connection, budget: Budget) -> Iterator[None]:
         finally:
             raw.set_progress_handler(None, 0)
         return
-    if conn.dialect.name == "postgresql":
-        milliseconds = max(int(budget.remaining() * 1000), 1)
-        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {milliseconds}")
-    yield
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    milliseconds = max(math.ceil(budget.remaining() * 1000), 1)
+    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {milliseconds}")
+    driver = getattr(raw, "driver_connection", raw)
+    if hasattr(driver, "cancel_safe"):  # psycopg 3.2+: bounded, where cancel() may hang
+        cancel = functools.partial(driver.cancel_safe, timeout=CANCEL_TIMEOUT_S)
+    else:
+        cancel = driver.cancel
+    remove = budget.on_cancel(cancel)
+    try:
+        yield
+    finally:
+        remove()
 
 
 def text_size(value: Any) -> int:

@@ -52,7 +52,7 @@ from mirror.serve.faults import FaultConfig
 from mirror.serve.limits import Limits
 from mirror.serve.parquet_export import ParquetConfig, ParquetExports
 from mirror.store import migrate
-from mirror.store.engine import database_url, make_engine, shown, sqlite_path
+from mirror.store.engine import database_url, make_engine, shown
 from mirror.store.models import sync_state
 
 log = logging.getLogger("mirror.serve")
@@ -341,17 +341,13 @@ def serve(
 def make_exports(database_url: str, config: ParquetConfig | None) -> ParquetExports | None:
     """The export directory for a server, or None when exports are off.
 
-    Without ``--parquet-dir`` the files go beside an SQLite database (``<file>.parquet/``);
-    other databases have no file to sit beside, so they need the option.
+    Without ``--parquet-dir`` the files go beside an SQLite database (``<file>.parquet/``), and
+    for other databases into the XDG data directory, one directory per database
+    (``parquet_export.default_directory``).
     """
     if config is None or not config.enabled:
         return None
-    directory = config.directory or parquet_export.default_directory(sqlite_path(database_url))
-    if directory is None:
-        raise ConfigError(
-            "parquet exports need a directory for this database: pass --parquet-dir or set "
-            f"{parquet_export.env_name('dir')}"
-        )
+    directory = config.directory or parquet_export.default_directory(database_url)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
