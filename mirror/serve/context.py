@@ -14,8 +14,9 @@ from typing import Any
 
 from graphql import GraphQLResolveInfo
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from mirror.errors import ReadOnlyRoleError, database_reason, permission_denied
 from mirror.serve.chunk_cache import ChunkCache
 from mirror.serve.jsonout import RawJSON
 from mirror.serve.limits import PROGRESS_STEPS, Budget, Limits
@@ -64,10 +65,22 @@ class RequestContext:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write transaction (the lock taken up front), bound to the request's budget."""
+        """A write transaction (the lock taken up front), bound to the request's budget.
+
+        A database role that may only read is refused as the client's error, with one line
+        saying the server needs the writer role, rather than as an internal error: that is a
+        deployment choice (``serve`` over a read-only role), not a bug.
+        """
         self.budget.check()
-        with write_transaction(self.engine) as conn, _bounded(conn, self.budget):
-            yield conn
+        try:
+            with write_transaction(self.engine) as conn, _bounded(conn, self.budget):
+                yield conn
+        except DBAPIError as exc:
+            if permission_denied(exc):
+                raise ReadOnlyRoleError(
+                    f"this server cannot write: {database_reason(exc)}"
+                ) from None
+            raise
 
     def end_read(self) -> None:
         """Close the snapshot, so that a write and the reads after it see fresh data."""
