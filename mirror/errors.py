@@ -35,6 +35,11 @@ class ArgumentError(MirrorError, ValueError):
 
 #: PostgreSQL's SQLSTATE for "permission denied" (``psycopg.errors.InsufficientPrivilege``)
 INSUFFICIENT_PRIVILEGE = "42501"
+#: what a write refused to a read-only role should tell the user
+READ_ONLY_ADVICE = (
+    "this needs the writer role, and the database user given may only read; "
+    "give the writer's URL (--db or WANDB_MIRROR_DB)"
+)
 
 
 class ReadOnlyRoleError(MirrorError):
@@ -61,10 +66,3 @@ def database_reason(exc: BaseException) -> str:
     if permission_denied(exc):
         return f"{reason}: {READ_ONLY_ADVICE}"
     return reason
-
-
-#: what a write refused to a read-only role should tell the user
-READ_ONLY_ADVICE = (
-    "this needs the writer role; the database user given may only read "
-    "(use the writer's URL for seed, import, sync, pull, push, edit and writes through serve)"
-)

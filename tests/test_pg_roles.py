@@ -16,6 +16,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import requests
 from cli_process import one_error_line, wandb_mirror
@@ -210,3 +211,23 @@ def test_upsert_bucket_through_serve_needs_the_writer_role(
     assert "writer role" in message and "INSERT" not in message.upper(), answer
     log = served_reader.log()
     assert "Traceback" not in log and "internal server error" not in json.dumps(answer)
+
+
+def test_tables_made_after_the_grants_are_readable_and_writable(roles: Mirror, pg_server):
+    """The default privileges cover what a later ``db upgrade`` (run by the owner) creates."""
+    pg_server.admin(
+        ["CREATE TABLE later_table (x integer)", "INSERT INTO later_table VALUES (1)"],
+        database=roles.name,
+    )
+    writer = psycopg_dsn(pg_server, roles.name, roles.writer_role)
+    reader = psycopg_dsn(pg_server, roles.name, roles.reader_role)
+    with psycopg.connect(writer, autocommit=True) as conn:
+        conn.execute("INSERT INTO later_table VALUES (2)")
+    with psycopg.connect(reader, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM later_table").fetchone() == (2,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO later_table VALUES (3)")
+
+
+def psycopg_dsn(pg_server: Any, database: str, user: str) -> str:
+    return f"host=127.0.0.1 port={pg_server.port} user={user} dbname={database}"
