@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 
 class MirrorError(Exception):
     """A failure the user can act on; the CLI prints its message as one line."""
@@ -66,3 +68,13 @@ def database_reason(exc: BaseException) -> str:
     if permission_denied(exc):
         return f"{reason}: {READ_ONLY_ADVICE}"
     return reason
+
+
+def quiet_driver_warnings() -> None:
+    """Keep psycopg's "error ignored terminating <Pipeline ...>" warnings off the terminal.
+
+    When a statement of a batch fails (a read-only role's "permission denied"), psycopg logs
+    that it also failed to end the batch, depending on timing, before the error itself is
+    raised and reported in one line; the warning adds a second line that says nothing new.
+    """
+    logging.getLogger("psycopg").setLevel(logging.ERROR)

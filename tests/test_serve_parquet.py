@@ -172,8 +172,10 @@ def grow_history(db: str, name: str, rows: list[dict[str, Any]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def wandb_env(tmp_path_factory: pytest.TempPathFactory):
-    """Keep the client off the network and out of the user's files."""
+def wandb_env(db: str, tmp_path_factory: pytest.TempPathFactory):
+    """Keep the client off the network and out of the user's files, with a home (and so a
+    file cache) per database: wandb-core would otherwise read the second database's exports,
+    which have the same run names, from the first one's cached files, downloading nothing."""
     with wandb_client_env(tmp_path_factory.mktemp("wandb-home"), KEY) as env:
         yield env
 

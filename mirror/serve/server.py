@@ -36,7 +36,7 @@ from waitress.server import BaseWSGIServer, create_server
 from waitress.task import WSGITask
 
 from mirror.arguments import Parser
-from mirror.errors import ConfigError, MirrorError, database_reason
+from mirror.errors import ConfigError, MirrorError, database_reason, quiet_driver_warnings
 from mirror.serve import options, parquet_export
 from mirror.serve.app import DROP_CONNECTION, TRUST_CONNECTION, MirrorApp
 from mirror.serve.arguments import (
@@ -372,6 +372,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    quiet_driver_warnings()
     log.setLevel(logging.INFO)  # the access log, even under a quieter root logger
     try:
         faults = fault_config(args)
