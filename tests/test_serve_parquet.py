@@ -172,10 +172,8 @@ def grow_history(db: str, name: str, rows: list[dict[str, Any]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def wandb_env(db: str, tmp_path_factory: pytest.TempPathFactory):
-    """Keep the client off the network and out of the user's files, with a home (and so a
-    file cache) per database: wandb-core would otherwise read the second database's exports,
-    which have the same run names, from the first one's cached files, downloading nothing."""
+def wandb_env(tmp_path_factory: pytest.TempPathFactory):
+    """Keep the client off the network and out of the user's files."""
     with wandb_client_env(tmp_path_factory.mktemp("wandb-home"), KEY) as env:
         yield env
 
@@ -205,9 +203,22 @@ def server(db: str, wandb_env, tmp_path_factory: pytest.TempPathFactory):
     args = ("--api-key", KEY, "--parquet-export-delay", str(DELAY))
     args += ("--parquet-file-rows", str(FILE_ROWS), "--threads", "4")
     home = tmp_path_factory.mktemp("parquet-home")
+    forget_downloads(tmp_path_factory.getbasetemp())
     env = {"XDG_DATA_HOME": str(home / "data")}
     with ServerProcess(db, home / "serve.log", args=args, env=env) as process:
         yield process
+
+
+def forget_downloads(base: Path) -> None:
+    """Remove the history files wandb-core downloaded in this test process.
+
+    It caches them by entity, project and run name, in the cache directory of the first client
+    the process made (which may be another module's home, all under ``base``); the other
+    database's mirror has the same run names, so without this its files would be read from the
+    cache and the tests would see no download.
+    """
+    for cached in base.rglob("*.runhistory.parquet"):
+        cached.unlink()
 
 
 def exports_of(server: ServerProcess) -> Path:
