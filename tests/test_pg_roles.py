@@ -38,7 +38,7 @@ def writer_sql(database: str, role: str) -> list[str]:
     who runs ``wandb-mirror init`` and ``db upgrade``, does that)."""
     return [
         f"CREATE ROLE {role} LOGIN PASSWORD 'change-me'",
-        f"GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {role}",
+        f"GRANT CONNECT ON DATABASE {database} TO {role}",
         f"GRANT USAGE ON SCHEMA public TO {role}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
         f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
@@ -162,11 +162,24 @@ def test_writing_commands_need_the_writer_role(roles: Mirror, tmp_path: Path):
     refused(wandb_mirror(*db, "import", str(source)))
 
 
-def test_the_writer_role_writes(roles: Mirror):
+def test_the_writer_role_writes(roles: Mirror, tmp_path: Path):
     done = wandb_mirror("--db", roles.writer, "seed", f"{ENTITY}/written", "--runs", "2")
     assert done.returncode == 0, done.stderr
     with closing(mirror.Api(database=roles.reader)) as api:
-        assert len(api.runs(f"{ENTITY}/written")) == 2  # a table the writer filled: readable
+        runs = api.runs(f"{ENTITY}/written", order="+name")
+        assert len(runs) == 2  # a table the writer filled: readable
+        name = runs[0].id
+    edit = wandb_mirror(
+        "--db", roles.writer, "edit", f"{ENTITY}/written/{name}", "--summary", "x=1"
+    )
+    assert edit.returncode == 0, edit.stderr
+    out = tmp_path / "export"
+    export = wandb_mirror("--db", roles.writer, "export", f"{ENTITY}/written", "--out", str(out))
+    assert export.returncode == 0, export.stderr
+    again = wandb_mirror("--db", roles.writer, "import", str(next(out.rglob("*.jsonl")).parent))
+    assert again.returncode == 0, again.stderr
+    with closing(mirror.Api(database=roles.reader)) as api:
+        assert api.run(f"{ENTITY}/written/{name}").summary["x"] == 1
 
 
 # --- serve ------------------------------------------------------------------------------------
@@ -231,3 +244,14 @@ def test_tables_made_after_the_grants_are_readable_and_writable(roles: Mirror, p
 
 def psycopg_dsn(pg_server: Any, database: str, user: str) -> str:
     return f"host=127.0.0.1 port={pg_server.port} user={user} dbname={database}"
+
+
+def test_upsert_bucket_through_serve_works_with_the_writer_role(roles: Mirror, tmp_path: Path):
+    document = (DATA / "sdk-queries" / "core_mutation_run.graphql").read_text()
+    # a project of its own: the other tests count the runs of PROJECT
+    variables = {"name": "bywriter", "project": "served", "entity": ENTITY, "state": "running"}
+    with ServerProcess(roles.writer, tmp_path / "serve.log", args=("--role", "upstream")) as server:
+        answer = graphql(server, document, variables)
+    assert answer["data"]["upsertBucket"]["inserted"] is True, answer
+    with closing(mirror.Api(database=roles.reader)) as api:
+        assert api.run(f"{ENTITY}/served/bywriter").state == "running"
