@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mirror import __version__
 from mirror.arguments import Parser
 from mirror.config import Settings, load_settings
-from mirror.errors import MirrorError
+from mirror.errors import MirrorError, database_reason, quiet_driver_warnings
 from mirror.store import migrate
 from mirror.store.engine import database_url, make_engine, shown
 from mirror.store.fields import NONFINITE_CHOICES
@@ -764,13 +764,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_driver_warnings()
     try:
         return int(args.fn(args) or 0)
     except MirrorError as exc:
         print(f"wandb-mirror: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        reason = database_reason(exc)
         print(f"wandb-mirror: database error in {_shown_database(args)}: {reason}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:

@@ -26,6 +26,9 @@ from mirror.store.history import history_keys_of
 from mirror.store.upsert import append_history, upsert_runs
 from mirror.synth import seed_project
 
+#: the databases a test runs on, for fixtures parametrized by hand; the PostgreSQL runs carry
+#: the ``postgresql`` mark
+BOTH = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
 DATA = Path(__file__).parent / "data" / "wandb"
 ENTITY = "acme"
 PROJECT = "vision"
@@ -36,8 +39,9 @@ SDK_PROJECT = "sdk"
 SDK_RUN = "realsdk1"
 
 
-def seed_database(path: Path, runs: int = RUNS, steps: int = STEPS) -> Path:
-    """A migrated mirror with a synthetic project and the real SDK run."""
+def seed_database(path: Path | str, runs: int = RUNS, steps: int = STEPS) -> Path | str:
+    """A migrated mirror with a synthetic project and the real SDK run, at ``path`` (a file or
+    a database URL)."""
     engine = make_engine(path, create=True)
     try:
         migrate.upgrade(engine)
@@ -83,7 +87,7 @@ class ServerProcess:
 
     def __init__(
         self,
-        db: Path,
+        db: Path | str,
         log_path: Path,
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,

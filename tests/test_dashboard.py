@@ -9,7 +9,6 @@ import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -26,10 +25,12 @@ from mirror.serve.dashboard.decimate import m4
 from mirror.status import write_report
 from mirror.store.engine import make_engine
 
+pytest_plugins = ["serve_databases"]
+
 
 @pytest.fixture(scope="module")
-def engine(dashboard_db: Path):
-    eng = make_engine(dashboard_db, create=False)
+def engine(dashboard_database: str):
+    eng = make_engine(dashboard_database, create=False)
     yield eng
     eng.dispose()
 
@@ -40,8 +41,8 @@ def app(engine) -> MirrorApp:
 
 
 @pytest.fixture(scope="module")
-def api(dashboard_db: Path):
-    api = Api(database=dashboard_db)
+def api(dashboard_database: str):
+    api = Api(database=dashboard_database)
     yield api
     api.close()
 

@@ -14,7 +14,6 @@ import math
 import select
 import signal
 import socket
-import sqlite3
 import threading
 import time
 import zlib
@@ -25,12 +24,15 @@ from typing import Any
 import psutil
 import pytest
 import requests
-from server_process import DATA, ServerProcess, wandb_client_env
+from server_process import BOTH, DATA, ServerProcess, wandb_client_env
+from sqlalchemy import text as sql
 
 from mirror.store import migrate
 from mirror.store.engine import make_engine, read_transaction, write_transaction
 from mirror.store.read import find_project, find_run
 from mirror.store.upsert import append_history, upsert_runs
+
+pytest_plugins = ["serve_databases"]
 
 ENTITY = "acme"
 SLOW = "slow"  # many small runs: a filter over all of them takes seconds of SQL
@@ -41,7 +43,7 @@ HISTORY_STEPS = 100_000  # of run w0000: ~6 MB as JSON rows
 KEY = "hardening" + "0" * 31  # wandb wants 40 characters
 
 
-def _seed(path: Path) -> Path:
+def _seed(path: Path | str) -> Path | str:
     engine = make_engine(path)
     migrate.upgrade(engine)
     slow = [
@@ -77,12 +79,21 @@ def _seed(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def big_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=BOTH)
+def big_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path | str:
+    if request.param == "postgresql":
+        return _seed(request.getfixturevalue("pg_server").new_database())
     return _seed(tmp_path_factory.mktemp("hardening") / "mirror.db")
 
 
-def _server(tmp: Path, db: Path, *args: str) -> ServerProcess:
+@pytest.fixture(scope="module")
+def big_sqlite_db(tmp_path_factory: pytest.TempPathFactory) -> Path | str:
+    """``big_db`` on SQLite alone, for the tests of connections, which never reach the
+    database."""
+    return _seed(tmp_path_factory.mktemp("hardening-sqlite") / "mirror.db")
+
+
+def _server(tmp: Path, db: Path | str, *args: str) -> ServerProcess:
     return ServerProcess(db, tmp / "serve.log", args=("--threads", "4", *args))
 
 
@@ -311,10 +322,10 @@ def _closed_by_server(sockets: list[socket.socket]) -> int:
     return closed
 
 
-def test_half_open_connections_cannot_lock_clients_out(big_db, tmp_path):
+def test_half_open_connections_cannot_lock_clients_out(big_sqlite_db, tmp_path):
     """300 connections that never finish their header (more than the 256 slots) leave room for
     real clients, and are dropped once silent for the idle timeout."""
-    with _server(tmp_path, big_db, "--idle-timeout", "3") as server:
+    with _server(tmp_path, big_sqlite_db, "--idle-timeout", "3") as server:
         sockets = _half_open(server.port, 300)
         try:
             started = time.monotonic()
@@ -342,11 +353,16 @@ def wandb_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server over a fresh, writable mirror."""
+@pytest.fixture(scope="module", params=BOTH)
+def small(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A server over a fresh, writable mirror on each database."""
     tmp = tmp_path_factory.mktemp("small")
-    db = tmp / "mirror.db"
+    if request.param == "postgresql":
+        db: Path | str = request.getfixturevalue("pg_server").new_database()
+    else:
+        db = tmp / "mirror.db"
     engine = make_engine(db)
     migrate.upgrade(engine)
     engine.dispose()
@@ -365,7 +381,7 @@ def _create(server: ServerProcess, name: str, project: str = "made") -> dict[str
     return _post(server, document, variables).json()["data"]["upsertBucket"]
 
 
-def _append(db: Path, name: str, rows: list[dict[str, Any]], project: str = "made") -> None:
+def _append(db: Path | str, name: str, rows: list[dict[str, Any]], project: str = "made") -> None:
     engine = make_engine(db)
     with write_transaction(engine) as conn:
         run = find_run(conn, find_project(conn, ENTITY, project)["id"], name)
@@ -454,16 +470,19 @@ def test_out_of_range_arguments_are_one_line_errors(small):
     _no_traceback_nor_sql(small.log())
 
 
-def test_a_database_error_is_answered_without_its_sql(tmp_path):
-    db = tmp_path / "mirror.db"
-    engine = make_engine(db)
-    migrate.upgrade(engine)
+#: the first line a missing column gets from each database's driver
+MISSING_COLUMN = {"sqlite": "OperationalError: no such column", "postgresql": "UndefinedColumn: "}
+
+
+def test_a_database_error_is_answered_without_its_sql(database, tmp_path):
+    engine = make_engine(database)
     with write_transaction(engine) as conn:
         upsert_runs(conn, ENTITY, "p", [{"name": "r1", "createdAt": "2024-01-01T00:00:00"}])
+    with engine.begin() as conn:  # schema drift the revision check cannot see
+        conn.execute(sql("ALTER TABLE runs RENAME COLUMN notes TO notes_gone"))
+    kind = engine.dialect.name
     engine.dispose()
-    with sqlite3.connect(db) as conn:  # schema drift the revision check cannot see
-        conn.execute("ALTER TABLE runs RENAME COLUMN notes TO notes_gone")
-    with _server(tmp_path, db) as server:
+    with _server(tmp_path, database) as server:
         query = f'{{ project(name: "p", entityName: "{ENTITY}") {{ runs(filters: "{{\\"name\\": {{\\"$in\\": [\\"r1\\", \\"secret-value\\"]}}}}") {{ edges {{ node {{ name }} }} }} }} }}'
         response = _post(server, query)
         text = response.text
@@ -471,6 +490,6 @@ def test_a_database_error_is_answered_without_its_sql(tmp_path):
         assert "internal server error" in text
         assert "SELECT" not in text and "notes" not in text and "secret-value" not in text
         log = server.log()
-        assert "OperationalError: no such column" in log
+        assert MISSING_COLUMN[kind] in log
         assert "secret-value" not in log
         _no_traceback_nor_sql(log)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import requests
 from server_process import ENTITY, ServerProcess, free_port, run_serve
 
 from mirror.serve.auth import KEYS_ENV, KeyChecker, basic_password, configured_keys, is_loopback
+
+pytest_plugins = ["serve_databases"]
 
 KEY_A = "a" * 40
 KEY_B = "b" * 40
@@ -16,10 +16,10 @@ VIEWER = {"query": "query { viewer { id entity } }"}
 
 
 @pytest.fixture(scope="module")
-def keyed(served_db: Path, tmp_path_factory: pytest.TempPathFactory):
+def keyed(served_database: str, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("keyed") / "serve.log"
     args = ("--api-key", KEY_A)
-    with ServerProcess(served_db, log, args=args, env={KEYS_ENV: f" {KEY_B} ,"}) as server:
+    with ServerProcess(served_database, log, args=args, env={KEYS_ENV: f" {KEY_B} ,"}) as server:
         yield server
 
 
@@ -45,22 +45,24 @@ def test_keys_never_reach_the_log(keyed):
     assert KEY_A not in log and KEY_B not in log and "wrong-key-xyz" not in log
 
 
-def test_without_keys_loopback_accepts_any_key(served):
+def test_without_keys_loopback_accepts_any_key(served_on):
     for auth in (None, ("api", "anything")):
-        response = requests.post(served.graphql_url, json=VIEWER, auth=auth, timeout=10)
+        response = requests.post(served_on.graphql_url, json=VIEWER, auth=auth, timeout=10)
         assert response.json()["data"]["viewer"]["id"]
 
 
-def test_listening_beyond_loopback_without_a_key_is_refused(served_db):
-    done = run_serve(["--db", str(served_db), "--host", "0.0.0.0", "--port", str(free_port())])
+def test_listening_beyond_loopback_without_a_key_is_refused(served_database):
+    done = run_serve(
+        ["--db", str(served_database), "--host", "0.0.0.0", "--port", str(free_port())]
+    )
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0
     assert "refusing to listen on 0.0.0.0 without an API key" in done.stderr
 
 
-def test_listening_beyond_loopback_with_a_key_works(served_db, tmp_path):
+def test_listening_beyond_loopback_with_a_key_works(served_database, tmp_path):
     args = ("--host", "0.0.0.0", "--api-key", KEY_A)
-    with ServerProcess(served_db, tmp_path / "serve.log", args=args) as server:
+    with ServerProcess(served_database, tmp_path / "serve.log", args=args) as server:
         response = requests.post(server.graphql_url, json=VIEWER, auth=("api", KEY_A), timeout=10)
         assert response.status_code == 200
 

@@ -7,8 +7,11 @@ from mirror.store.engine import read_transaction, write_transaction
 from mirror.store.history import history_keys_of
 from mirror.store.upsert import append_history, upsert_runs
 
+pytest_plugins = ["serve_databases"]
 
-def test_history_keys_are_computed_once_per_state_of_the_history(engine, monkeypatch):
+
+def test_history_keys_are_computed_once_per_state_of_the_history(database_engine, monkeypatch):
+    engine = database_engine
     rows = [
         {"_step": i, "loss": 1 / (i + 1), **({"eval": "x"} if i % 5 == 0 else {})}
         for i in range(30)

@@ -29,6 +29,8 @@ from mirror.store.models import runs
 from mirror.store.read import find_project, find_run, iter_rows
 from mirror.store.upsert import append_history, upsert_runs
 
+pytest_plugins = ["serve_databases"]
+
 DOCS = sorted((DATA / "sdk-queries").glob("*.graphql"))
 
 
@@ -50,9 +52,9 @@ def data(server: Any, query: str, variables: dict | None = None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def store(served_db: Path):
+def store(served_database: str):
     """A read connection on the served database."""
-    engine = make_engine(served_db)
+    engine = make_engine(served_database)
     with read_transaction(engine) as conn:
         yield conn
     engine.dispose()
@@ -94,8 +96,8 @@ def test_there_is_a_document_for_every_operation_the_brief_names():
     "name",
     ["core_query_viewer", "sdk_head_GET_DEFAULT_ENTITY_GQL", "sdk_head_GET_VIEWER_GQL"],
 )
-def test_viewer_documents_name_the_mirror_user_and_its_entity(served, name):
-    viewer = data(served, doc(name))["viewer"]
+def test_viewer_documents_name_the_mirror_user_and_its_entity(served_on, name):
+    viewer = data(served_on, doc(name))["viewer"]
     assert viewer["id"]
     assert viewer["entity"] == ENTITY
     if "teams" in viewer:
@@ -104,22 +106,22 @@ def test_viewer_documents_name_the_mirror_user_and_its_entity(served, name):
         assert viewer["apiKeys"]["edges"] == []
 
 
-def test_an_api_key_check_gets_a_viewer(served):
-    assert data(served, doc("sdk_validate_api_key"))["viewer"]["id"]
+def test_an_api_key_check_gets_a_viewer(served_on):
+    assert data(served_on, doc("sdk_validate_api_key"))["viewer"]["id"]
 
 
-def test_server_info_and_features(served):
-    info = data(served, doc("core_query_server_info"))["serverInfo"]
+def test_server_info_and_features(served_on):
+    info = data(served_on, doc("core_query_server_info"))["serverInfo"]
     assert info["cliVersionInfo"] == {}
-    assert data(served, doc("core_query_server_features"))["serverInfo"]["features"] == []
+    assert data(served_on, doc("core_query_server_features"))["serverInfo"]["features"] == []
 
 
 @pytest.mark.parametrize(
     ("name", "type_name"),
     [("sdk_v0.25_ProbeProjectInput", "Project"), ("sdk_v0.25_ProbeRunInput", "Run")],
 )
-def test_introspection_probes_list_the_schema_fields(served, name, type_name):
-    answer = next(iter(data(served, doc(name)).values()))
+def test_introspection_probes_list_the_schema_fields(served_on, name, type_name):
+    answer = next(iter(data(served_on, doc(name)).values()))
     fields = {f["name"] for f in answer["fields"]}
     assert fields == set(build_schema(sdl()).type_map[type_name].fields)
 
@@ -156,13 +158,13 @@ def check_node(node: dict, row: Any, full: bool) -> None:
     ("name", "full"),
     [("sdk_head_Runs_full", True), ("sdk_head_Runs_lazy", False), ("sdk_v0.25_Runs_lazy", False)],
 )
-def test_runs_pages_cover_the_project_once_in_order(served, store, name, full):
+def test_runs_pages_cover_the_project_once_in_order(served_on, store, name, full):
     expected = sorted(stored_runs(store), key=lambda r: (r["created_at"], r["name"]))
     variables = {**run_vars("x"), "order": "+created_at", "filters": "{}", "perPage": 23}
     seen: list[dict] = []
     cursor = None
     while True:
-        project = data(served, doc(name), {**variables, "cursor": cursor})["project"]
+        project = data(served_on, doc(name), {**variables, "cursor": cursor})["project"]
         assert project["runCount"] == len(expected)
         assert project["internalId"] == str(expected[0]["project_id"])
         edges = project["runs"]["edges"]
@@ -179,39 +181,39 @@ def test_runs_pages_cover_the_project_once_in_order(served, store, name, full):
         check_node(node, row, full)
 
 
-def test_runs_filters_and_order_go_through_the_engine(served, store):
+def test_runs_filters_and_order_go_through_the_engine(served_on, store):
     expected = sorted(
         (r for r in stored_runs(store) if r["state"] == "finished"), key=lambda r: r["name"]
     )
     expected.sort(key=lambda r: r["created_at"], reverse=True)  # ties: run id ascending
     variables = {**run_vars("x"), "filters": json.dumps({"state": "finished"}), "perPage": 1000}
-    project = data(served, doc("sdk_head_Runs_lazy"), {**variables, "order": "-created_at"})
+    project = data(served_on, doc("sdk_head_Runs_lazy"), {**variables, "order": "-created_at"})
     names = [e["node"]["name"] for e in project["project"]["runs"]["edges"]]
     assert project["project"]["runCount"] == len(expected)
     assert names == [r["name"] for r in expected]
 
 
-def test_a_missing_project_or_run_is_null_not_an_error(served):
+def test_a_missing_project_or_run_is_null_not_an_error(served_on):
     variables = {**run_vars("nosuchrun"), "filters": "{}"}
-    assert data(served, doc("sdk_head_Run_full"), variables)["project"]["run"] is None
+    assert data(served_on, doc("sdk_head_Run_full"), variables)["project"]["run"] is None
     missing = {**variables, "project": "nosuchproject"}
-    assert data(served, doc("sdk_head_Runs_full"), missing)["project"] is None
-    assert data(served, doc("sdk_head_RunState"), missing)["project"] is None
+    assert data(served_on, doc("sdk_head_Runs_full"), missing)["project"] is None
+    assert data(served_on, doc("sdk_head_RunState"), missing)["project"] is None
 
 
 @pytest.mark.parametrize(
     ("name", "full"), [("sdk_head_Run_full", True), ("sdk_head_Run_lazy", False)]
 )
-def test_run_documents_match_the_store(served, store, name, full):
+def test_run_documents_match_the_store(served_on, store, name, full):
     for row in stored_runs(store)[:5]:
-        node = data(served, doc(name), run_vars(row["name"]))["project"]["run"]
+        node = data(served_on, doc(name), run_vars(row["name"]))["project"]["run"]
         check_node(node, row, full)
 
 
-def test_the_real_sdk_run_round_trips_nan_and_infinity(served, store):
+def test_the_real_sdk_run_round_trips_nan_and_infinity(served_on, store):
     project_id = find_project(store, ENTITY, SDK_PROJECT)["id"]
     row = find_run(store, project_id, SDK_RUN)
-    response = post(served, doc("sdk_head_Run_full"), run_vars(SDK_RUN, SDK_PROJECT))
+    response = post(served_on, doc("sdk_head_Run_full"), run_vars(SDK_RUN, SDK_PROJECT))
     run = loads(response.text)["data"]["project"]["run"]
     summary = loads(run["summaryMetrics"])
     assert math.isnan(summary["bad"]) and summary["big"] == math.inf
@@ -219,9 +221,9 @@ def test_the_real_sdk_run_round_trips_nan_and_infinity(served, store):
     assert loads(run["config"])["name.with.dot"] == {"value": 1}
 
 
-def test_run_state(served, store):
+def test_run_state(served_on, store):
     row = stored_runs(store)[3]
-    answer = data(served, doc("sdk_head_RunState"), run_vars(row["name"]))
+    answer = data(served_on, doc("sdk_head_RunState"), run_vars(row["name"]))
     assert answer["project"]["run"]["state"] == row["state"]
 
 
@@ -236,9 +238,9 @@ def store_rows(conn: Any, row: Any, stream: str = "history") -> list[dict]:
     return list(iter_rows(conn, row["id"], stream))
 
 
-def test_history_keys_match_the_store(served, store):
+def test_history_keys_match_the_store(served_on, store):
     row = longest_run(store)
-    keys = data(served, doc("sdk_head_RunHistoryKeys"), run_vars(row["name"]))
+    keys = data(served_on, doc("sdk_head_RunHistoryKeys"), run_vars(row["name"]))
     assert same(keys["project"]["run"]["historyKeys"], loads(row["history_keys"]))
     assert keys["project"]["run"]["historyKeys"]["lastStep"] == step_of(
         store_rows(store, row)[-1], 0
@@ -246,30 +248,31 @@ def test_history_keys_match_the_store(served, store):
 
 
 @pytest.mark.parametrize("name", ["sdk_v0.25_HistoryPage", "core_query_runhistory_backend"])
-def test_history_pages_return_every_row_of_the_window(served, store, name):
+def test_history_pages_return_every_row_of_the_window(served_on, store, name):
     row = longest_run(store)
     rows = store_rows(store, row)
     steps = [step_of(r, i) for i, r in enumerate(rows)]
     lo, hi = steps[len(steps) // 4], steps[3 * len(steps) // 4]
     variables = {**run_vars(row["name"]), "minStep": lo, "maxStep": hi, "pageSize": hi - lo}
-    page = data(served, doc(name), variables)["project"]["run"]["history"]
+    page = data(served_on, doc(name), variables)["project"]["run"]["history"]
     assert all(isinstance(line, str) for line in page)
     expected = [r for r, s in zip(rows, steps, strict=True) if lo <= s < hi]
     assert same([loads(line) for line in page], expected)
 
 
-def test_a_history_page_smaller_than_its_window_samples_evenly_keeping_the_ends(served, store):
+def test_a_history_page_smaller_than_its_window_samples_evenly_keeping_the_ends(served_on, store):
     row = longest_run(store)
     rows = store_rows(store, row)
     variables = {**run_vars(row["name"]), "minStep": 0, "maxStep": 10**12, "pageSize": 7}
-    page = data(served, doc("sdk_v0.25_HistoryPage"), variables)["project"]["run"]["history"]
+    page = data(served_on, doc("sdk_v0.25_HistoryPage"), variables)["project"]["run"]["history"]
     assert len(page) == 7
     assert same(loads(page[0]), rows[0]) and same(loads(page[-1]), rows[-1])
-    again = data(served, doc("sdk_v0.25_HistoryPage"), variables)["project"]["run"]["history"]
+    again = data(served_on, doc("sdk_v0.25_HistoryPage"), variables)["project"]["run"]["history"]
     assert again == page
 
 
-def test_history_without_samples_is_capped_at_500_with_or_without_a_window(engine):
+def test_history_without_samples_is_capped_at_500_with_or_without_a_window(database_engine):
+    engine = database_engine
     with write_transaction(engine) as conn:
         run_id = upsert_runs(conn, ENTITY, "capped", [{"name": "long0001"}])["long0001"]
         append_history(conn, run_id, [{"_step": i, "x": i} for i in range(1200)])
@@ -299,7 +302,7 @@ def token_counts(text: str) -> dict[str, int]:
     return {token: len(pattern.findall(text)) for token, pattern in TOKENS.items()}
 
 
-def test_history_text_keeps_nan_and_infinity_tokens(served, store):
+def test_history_text_keeps_nan_and_infinity_tokens(served_on, store):
     """A run whose stored history holds NaN, Infinity and -Infinity is served with all three."""
     for row in sorted(stored_runs(store), key=lambda r: r["name"]):
         stored = token_counts(json.dumps(store_rows(store, row)))
@@ -308,7 +311,7 @@ def test_history_text_keeps_nan_and_infinity_tokens(served, store):
     else:
         pytest.fail("the seeded project has no run with NaN, Infinity and -Infinity")
     variables = {**run_vars(row["name"]), "minStep": 0, "maxStep": 10**12, "pageSize": 10**6}
-    page = data(served, doc("sdk_v0.25_HistoryPage"), variables)["project"]["run"]["history"]
+    page = data(served_on, doc("sdk_v0.25_HistoryPage"), variables)["project"]["run"]["history"]
     assert len(page) == row["history_line_count"]
     assert token_counts("\n".join(page)) == stored
 
@@ -321,7 +324,9 @@ def test_history_text_keeps_nan_and_infinity_tokens(served, store):
         ("sdk_head_RunSampledHistory", "specs"),
     ],
 )
-def test_sampled_history_keeps_rows_holding_all_keys_with_inclusive_max(served, store, name, var):
+def test_sampled_history_keeps_rows_holding_all_keys_with_inclusive_max(
+    served_on, store, name, var
+):
     row = longest_run(store)
     rows = store_rows(store, row)
     keys = ["acc", "eval/acc"]  # dense (every row) and sparse (every 10th row)
@@ -332,7 +337,7 @@ def test_sampled_history_keeps_rows_holding_all_keys_with_inclusive_max(served, 
     assert 0 < len(holding) < len(window) // 5  # the sparse key really is sparse
     spec = json.dumps({"keys": ["_step", *keys], "samples": 10**6, "minStep": lo, "maxStep": hi})
     value: Any = [spec] if var == "specs" else spec
-    result = data(served, doc(name), {**run_vars(row["name"]), var: value})
+    result = data(served_on, doc(name), {**run_vars(row["name"]), var: value})
     [got] = result["project"]["run"]["sampledHistory"]
     assert all(set(r) == {"_step", *keys} for r in got)
     assert len(got) == len(holding)
@@ -340,7 +345,7 @@ def test_sampled_history_keeps_rows_holding_all_keys_with_inclusive_max(served, 
     assert got[0]["_step"] >= lo and got[-1]["_step"] <= hi
 
 
-def test_sampled_rows_are_json_objects_with_non_finite_values_as_strings(served, store):
+def test_sampled_rows_are_json_objects_with_non_finite_values_as_strings(served_on, store):
     """``sampledHistory`` is typed JSON: wandb-core decodes it with Go's strict decoder, so NaN
     and ±Infinity travel as the strings W&B's own sweep code reads."""
     project_id = find_project(store, ENTITY, SDK_PROJECT)["id"]
@@ -352,7 +357,7 @@ def test_sampled_rows_are_json_objects_with_non_finite_values_as_strings(served,
     assert nan_keys, "the real SDK run logs NaN and Infinity"
     spec = json.dumps({"keys": sorted(nan_keys), "samples": 1000})
     response = post(
-        served,
+        served_on,
         doc("sdk_head_RunSampledHistory"),
         {**run_vars(SDK_RUN, SDK_PROJECT), "specs": [spec]},
     )
@@ -366,20 +371,22 @@ def test_sampled_rows_are_json_objects_with_non_finite_values_as_strings(served,
     ("name", "stream"),
     [("sdk_head_RunFullHistory_history", "history"), ("sdk_head_RunFullHistory_events", "events")],
 )
-def test_full_history_and_events_are_even_samples(served, store, name, stream):
+def test_full_history_and_events_are_even_samples(served_on, store, name, stream):
     row = longest_run(store)
     rows = store_rows(store, row, stream)
     node = "history" if stream == "history" else "events"
     for samples in (5, 10**6):
-        got = data(served, doc(name), {**run_vars(row["name"]), "samples": samples})
+        got = data(served_on, doc(name), {**run_vars(row["name"]), "samples": samples})
         lines = got["project"]["run"][node]
         assert len(lines) == min(samples, len(rows))
         assert same(loads(lines[0]), rows[0]) and same(loads(lines[-1]), rows[-1])
 
 
-def test_parquet_history_has_nothing_exported(served, store):
+def test_parquet_history_has_nothing_exported(served_on, store):
     row = longest_run(store)
-    got = data(served, doc("core_query_parquethistory"), {**run_vars(row["name"]), "liveKeys": []})
+    got = data(
+        served_on, doc("core_query_parquethistory"), {**run_vars(row["name"]), "liveKeys": []}
+    )
     assert got["project"]["run"]["parquetHistory"] == {"parquetUrls": [], "liveData": []}
 
 
@@ -387,20 +394,20 @@ def test_parquet_history_has_nothing_exported(served, store):
 
 
 @pytest.mark.parametrize("name", ["sdk_head_GET_SWEEP_GQL", "sdk_head_GET_SWEEP_LEGACY_GQL"])
-def test_sweeps_come_from_the_runs_that_name_them(served, store, name):
+def test_sweeps_come_from_the_runs_that_name_them(served_on, store, name):
     sweeps = sorted({r["sweep_name"] for r in stored_runs(store) if r["sweep_name"]})
     assert sweeps, "the synthetic project has sweeps"
     variables = {"entity": ENTITY, "project": PROJECT, "name": sweeps[0]}
-    sweep = data(served, doc(name), variables)["project"]["sweep"]
+    sweep = data(served_on, doc(name), variables)["project"]["sweep"]
     assert sweep["name"] == sweeps[0] and sweep["config"]
     if "runCount" in sweep:
         assert sweep["runCount"] == sum(r["sweep_name"] == sweeps[0] for r in stored_runs(store))
-    missing = data(served, doc(name), {**variables, "name": "nosweep"})
+    missing = data(served_on, doc(name), {**variables, "name": "nosweep"})
     assert missing["project"]["sweep"] is None
 
 
-def test_agent_runs_of_an_unknown_agent_are_null(served, store):
+def test_agent_runs_of_an_unknown_agent_are_null(served_on, store):
     sweep = next(r["sweep_name"] for r in stored_runs(store) if r["sweep_name"])
     variables = {"entity": ENTITY, "project": PROJECT, "sweep": sweep, "agentID": "a1"}
-    got = data(served, doc("sdk_head_GET_AGENT_RUNS_GQL"), variables)
+    got = data(served_on, doc("sdk_head_GET_AGENT_RUNS_GQL"), variables)
     assert got["project"]["sweep"]["agent"] is None

@@ -13,18 +13,26 @@ from server_process import DATA, ENTITY, PROJECT, ServerProcess, run_serve
 
 from mirror.serve.faults import FaultConfig, FaultInjector, env_name, parse_rate_limit
 
+pytest_plugins = ["serve_databases"]
+
 VIEWER = {"query": "query { viewer { id } }"}
 RUNS = (DATA / "sdk-queries" / "sdk_head_Runs_lazy.graphql").read_text()
 
 
 @pytest.fixture
-def start(served_db: Path, tmp_path: Path) -> Iterator:
-    """Start servers over the shared seeded database; all are stopped after the test."""
+def start(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
+    """Start servers over the shared seeded database; all are stopped after the test.
+
+    The faults are decided before a request reaches the database, so their tests run on SQLite
+    only; a test that also takes ``served_database`` (paging, which reads) runs on both.
+    """
     servers: list[ServerProcess] = []
+    both = "served_database" in request.fixturenames
+    database = request.getfixturevalue("served_database" if both else "served_db")
 
     def _start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
         log = tmp_path / f"serve-{len(servers)}.log"
-        server = ServerProcess(served_db, log, args=args, env=env).start()
+        server = ServerProcess(database, log, args=args, env=env).start()
         servers.append(server)
         return server
 
@@ -148,8 +156,8 @@ def pages(server: ServerProcess, per_page: int) -> tuple[list[list[str]], list[i
         cursor = project["runs"]["pageInfo"]["endCursor"]
 
 
-def test_page_repeat_repeats_and_skips_runs_while_run_count_stays_right(start, served):
-    truth, _ = pages(served, 10)
+def test_page_repeat_repeats_and_skips_runs_while_run_count_stays_right(start, served_on):
+    truth, _ = pages(served_on, 10)
     expected = [name for page in truth for name in page]
     server = start("--fault-page-repeat", "3")
     got, counts = pages(server, 10)

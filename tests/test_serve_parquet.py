@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 from server_process import (
+    BOTH,
     DATA,
     ENTITY,
     PROJECT,
@@ -39,17 +40,20 @@ from mirror.serve.parquet_export import (
     ParquetConfig,
     TokenError,
     UrlSigner,
+    default_directory,
     env_name,
     json_safe,
     unify,
     value_type,
 )
-from mirror.store.engine import make_engine, read_transaction, write_transaction
+from mirror.store.engine import database_url, make_engine, read_transaction, write_transaction
 from mirror.store.fields import dumps, loads
 from mirror.store.history import history_keys_of
 from mirror.store.models import runs
 from mirror.store.read import find_project, find_run, iter_rows
 from mirror.store.upsert import append_history, upsert_runs
+
+pytest_plugins = ["serve_databases"]
 
 wandb = pytest.importorskip("wandb")
 
@@ -111,7 +115,7 @@ def same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-def store_rows(db: Path, project: str, name: str) -> list[dict[str, Any]]:
+def store_rows(db: str, project: str, name: str) -> list[dict[str, Any]]:
     engine = make_engine(db)
     try:
         with read_transaction(engine) as conn:
@@ -121,7 +125,7 @@ def store_rows(db: Path, project: str, name: str) -> list[dict[str, Any]]:
         engine.dispose()
 
 
-def set_run(db: Path, name: str, **values: Any) -> None:
+def set_run(db: str, name: str, **values: Any) -> None:
     engine = make_engine(db)
     try:
         with write_transaction(engine) as conn:
@@ -131,7 +135,7 @@ def set_run(db: Path, name: str, **values: Any) -> None:
         engine.dispose()
 
 
-def add_run(db: Path, name: str, state: str, rows: list[dict[str, Any]]) -> None:
+def add_run(db: str, name: str, state: str, rows: list[dict[str, Any]]) -> None:
     node = {
         "name": name,
         "displayName": name,
@@ -150,7 +154,7 @@ def add_run(db: Path, name: str, state: str, rows: list[dict[str, Any]]) -> None
         engine.dispose()
 
 
-def grow_history(db: Path, name: str, rows: list[dict[str, Any]]) -> None:
+def grow_history(db: str, name: str, rows: list[dict[str, Any]]) -> None:
     """Append rows after the last step, as a sync catching up would (heartbeat unchanged)."""
     engine = make_engine(db)
     try:
@@ -174,9 +178,14 @@ def wandb_env(tmp_path_factory: pytest.TempPathFactory):
         yield env
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = seed_database(tmp_path_factory.mktemp("parquet") / "mirror.db", runs=12, steps=240)
+@pytest.fixture(scope="module", params=BOTH)
+def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The module's mirror on each database; its server exports to the default directory."""
+    if request.param == "postgresql":
+        where = request.getfixturevalue("pg_server").new_database()
+    else:
+        where = str(tmp_path_factory.mktemp("parquet") / "mirror.db")
+    path = seed_database(where, runs=12, steps=240)
     old = "2026-01-01T00:00:00"
     set_run(path, PLAIN, heartbeat_at=old)
     set_run(path, GROWN, heartbeat_at=old)
@@ -190,11 +199,34 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(db: Path, wandb_env):
+def server(db: str, wandb_env, tmp_path_factory: pytest.TempPathFactory):
     args = ("--api-key", KEY, "--parquet-export-delay", str(DELAY))
     args += ("--parquet-file-rows", str(FILE_ROWS), "--threads", "4")
-    with ServerProcess(db, db.parent / "serve.log", args=args) as process:
+    home = tmp_path_factory.mktemp("parquet-home")
+    forget_downloads(tmp_path_factory.getbasetemp())
+    env = {"XDG_DATA_HOME": str(home / "data")}
+    with ServerProcess(db, home / "serve.log", args=args, env=env) as process:
         yield process
+
+
+def forget_downloads(base: Path) -> None:
+    """Remove the history files wandb-core downloaded in this test process.
+
+    It caches them by entity, project and run name, in the cache directory of the first client
+    the process made (which may be another module's home, all under ``base``); the other
+    database's mirror has the same run names, so without this its files would be read from the
+    cache and the tests would see no download.
+    """
+    for cached in base.rglob("*.runhistory.parquet"):
+        cached.unlink()
+
+
+def exports_of(server: ServerProcess) -> Path:
+    """Where ``server`` exports without ``--parquet-dir``: beside an SQLite file, and for
+    PostgreSQL under the XDG data directory the test gave the server."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_DATA_HOME", server.env["XDG_DATA_HOME"])
+        return default_directory(database_url(str(server.db)))
 
 
 def client(server: ServerProcess) -> Any:
@@ -236,7 +268,7 @@ def history_pages(log: str) -> int:
 
 
 def file_rows(server: ServerProcess, url: str) -> list[dict[str, Any]]:
-    path = Path(str(server.db) + ".parquet") / relpath(url)
+    path = exports_of(server) / relpath(url)
     return pq.read_table(path).to_pylist()
 
 
@@ -344,7 +376,7 @@ def test_history_grown_after_the_export_is_live_data(server, db):
 def test_running_and_recent_runs_get_no_urls(server, db):
     for name in (RUNNING, RECENT):
         assert parquet_history(server, name) == {"parquetUrls": [], "liveData": []}
-    exported = Path(str(db) + ".parquet")
+    exported = exports_of(server)
     ids = {}
     engine = make_engine(db)
     with read_transaction(engine) as conn:
@@ -367,7 +399,7 @@ def test_signed_urls_need_no_key_and_refuse_tampering(server, db):
     assert requests.post(server.graphql_url, json={"query": "{viewer{id}}"}).status_code == 401
     urls = parquet_history(server, URLS)["parquetUrls"]
     assert len(urls) > 1 and all(u.startswith(f"{server.url}/parquet/") for u in urls)
-    path = Path(str(db) + ".parquet") / relpath(urls[0])
+    path = exports_of(server) / relpath(urls[0])
     data = path.read_bytes()
 
     got = requests.get(urls[0], timeout=10)  # no credentials
@@ -414,7 +446,7 @@ def test_signed_urls_need_no_key_and_refuse_tampering(server, db):
 def test_urls_expire_and_exports_outlive_the_process(db, server, tmp_path):
     first = parquet_history(server, URLS)["parquetUrls"]
     args = ("--parquet-export-delay", "0", "--parquet-url-ttl", "1")
-    with ServerProcess(db, tmp_path / "serve.log", args=args) as short:
+    with ServerProcess(db, tmp_path / "serve.log", args=args, env=server.env) as short:
         urls = parquet_history(short, URLS)["parquetUrls"]
         assert sorted(map(relpath, urls)) == sorted(map(relpath, first))  # reused from disk
         assert "exported run" not in short.log()
@@ -426,7 +458,7 @@ def test_urls_expire_and_exports_outlive_the_process(db, server, tmp_path):
         other = f"{short.url}/parquet/{first[0].rsplit('/', 1)[1]}"  # signed by the first server
         assert requests.get(other, timeout=10).status_code == 403
     assert requests.get(first[0], timeout=10).status_code == 200
-    run_dir = (Path(str(db) + ".parquet") / relpath(first[0])).parents[1]
+    run_dir = (exports_of(server) / relpath(first[0])).parents[1]
     assert [p.name for p in run_dir.iterdir() if p.name.startswith(".")] == []
 
 
@@ -450,9 +482,9 @@ def test_bad_settings_are_one_line_usage_errors(db, args, env, message):
     assert message in done.stderr and done.stderr.strip().count("\n") == 0
 
 
-def test_exports_are_off_without_a_delay(served):
+def test_exports_are_off_without_a_delay(served_on):
     answer = requests.post(
-        served.graphql_url,
+        served_on.graphql_url,
         json={
             "query": PARQUET_QUERY,
             "variables": {
@@ -465,7 +497,7 @@ def test_exports_are_off_without_a_delay(served):
         timeout=30,
     ).json()
     assert answer["data"]["project"]["run"]["parquetHistory"] == {"parquetUrls": [], "liveData": []}
-    assert requests.get(f"{served.url}/parquet/x.y", timeout=10).status_code == 404
+    assert requests.get(f"{served_on.url}/parquet/x.y", timeout=10).status_code == 404
 
 
 # --- the pieces, in process ----------------------------------------------------------------

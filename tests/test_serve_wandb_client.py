@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 from server_process import (
+    BOTH,
     DATA,
     ENTITY,
     PROJECT,
@@ -32,6 +33,8 @@ from mirror.store.fields import loads, unwrap_config
 from mirror.store.models import history_chunks
 from mirror.store.read import find_project, find_run, iter_rows
 from mirror.store.upsert import append_history
+
+pytest_plugins = ["serve_databases"]
 
 wandb = pytest.importorskip("wandb")
 
@@ -51,13 +54,13 @@ def client(server: ServerProcess) -> Any:
 
 
 @pytest.fixture(scope="module")
-def api(served, wandb_env):
-    return client(served)
+def api(served_on, wandb_env):
+    return client(served_on)
 
 
 @pytest.fixture(scope="module")
-def offline(served_db: Path):
-    return Api(database=served_db)
+def offline(served_database: str):
+    return Api(database=served_database)
 
 
 def same(a: Any, b: Any) -> bool:
@@ -149,11 +152,11 @@ def test_run_fields_config_and_summary(api, offline):
         assert theirs.lastHistoryStep == ours.lastHistoryStep
 
 
-def test_the_real_sdk_run_keeps_nan_and_infinity(api, served_db):
+def test_the_real_sdk_run_keeps_nan_and_infinity(api, served_database):
     run = api.run(f"{ENTITY}/{SDK_PROJECT}/{SDK_RUN}")
     assert math.isnan(run.summary["bad"]) and run.summary["big"] == math.inf
     assert run.config["name.with.dot"] == 1 and run.config["model"] == {"depth": 6, "act": "gelu"}
-    engine = make_engine(served_db)
+    engine = make_engine(served_database)
     with read_transaction(engine) as conn:
         row = find_run(conn, find_project(conn, ENTITY, SDK_PROJECT)["id"], SDK_RUN)
         rows = list(iter_rows(conn, row["id"]))
@@ -171,17 +174,17 @@ def store_history(db: Path, name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def test_scan_history_returns_every_row(api, offline, served_db):
+def test_scan_history_returns_every_row(api, offline, served_database):
     name = max(offline.runs(PATH, per_page=1000), key=lambda r: r.lastHistoryStep).id
-    rows = store_history(served_db, name)
+    rows = store_history(served_database, name)
     assert len(rows) > 100
     scanned = list(api.run(f"{PATH}/{name}").scan_history(page_size=97))
     assert same(scanned, rows)
 
 
-def test_keyed_history_holds_rows_with_all_keys(api, served_db, offline):
+def test_keyed_history_holds_rows_with_all_keys(api, served_database, offline):
     name = max(offline.runs(PATH, per_page=1000), key=lambda r: r.lastHistoryStep).id
-    rows = store_history(served_db, name)
+    rows = store_history(served_database, name)
     keys = ["acc", "eval/acc"]  # dense (every row) and sparse (every 10th row)
     holding = [r for r in rows if all(k in r for k in keys)]
     assert 0 < len(holding) < len(rows) // 5  # the sparse key really is sparse
@@ -193,11 +196,15 @@ def test_keyed_history_holds_rows_with_all_keys(api, served_db, offline):
     assert len(sampled) == 10
 
 
-@pytest.fixture(scope="module")
-def writable(tmp_path_factory: pytest.TempPathFactory, wandb_env):
-    """A server over its own small database, for the tests that write."""
+@pytest.fixture(scope="module", params=BOTH)
+def writable(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, wandb_env):
+    """A server over its own small database on each database, for the tests that write."""
     tmp = tmp_path_factory.mktemp("writable")
-    db = seed_database(tmp / "mirror.db", runs=12, steps=20)
+    if request.param == "postgresql":
+        where = request.getfixturevalue("pg_server").new_database()
+    else:
+        where = str(tmp / "mirror.db")
+    db = seed_database(where, runs=12, steps=20)
     with ServerProcess(db, tmp / "serve.log") as server:
         yield server
 

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, RowMapping, select
 from sqlalchemy.exc import SQLAlchemyError, StatementError
 
-from mirror.errors import CommError, FilterError, MirrorError
+from mirror.errors import CommError, FilterError, MirrorError, database_reason
 from mirror.query import frames
 from mirror.query.filters import Node, Order, parse_filter, parse_order
 from mirror.query.history_args import check_window, checked_keys
@@ -525,7 +525,7 @@ class Run:
             with write_transaction(self._api.engine) as conn:
                 row = write(conn)
         except SQLAlchemyError as exc:
-            raise CommError(f"cannot queue the edit: {exc.orig or exc}", exc) from None
+            raise CommError(f"cannot queue the edit: {database_reason(exc)}", exc) from None
         self._api.flush()
         self._load(row)
 

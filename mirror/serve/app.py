@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from mirror.serve.auth import KeyChecker
 from mirror.serve.chunk_cache import ChunkCache
@@ -32,7 +32,7 @@ from mirror.serve.dashboard import Dashboard
 from mirror.serve.executor import Outcome, aborted, describe, run_request
 from mirror.serve.faults import FaultConfig, FaultInjector
 from mirror.serve.jsonout import dumps_response
-from mirror.serve.limits import Budget, Budgets, Limits, current, too_large
+from mirror.serve.limits import Budget, Budgets, Limits, checkpoint, current, too_large
 from mirror.serve.parquet_export import URL_PATH, ParquetExports, TokenError
 from mirror.store.fields import loads
 
@@ -199,6 +199,8 @@ class MirrorApp:
         self.exports = exports
         self.budgets = Budgets()
         self.dashboard = Dashboard(engine, keys, self.chunks, backup_dest)
+        if not event.contains(engine, "before_cursor_execute", _before_statement):
+            event.listen(engine, "before_cursor_execute", _before_statement)
 
     def stop(self) -> int:
         """Stop every request in flight (the server is shutting down); returns how many."""
@@ -338,6 +340,17 @@ class MirrorApp:
             return Outcome(500, {"errors": [{"message": "internal server error"}]})
         finally:
             context.close()
+
+
+def _before_statement(*_args: Any) -> None:
+    """Send no statement for a request that is out of time or cancelled (the server stops).
+
+    A cancel request stops only a statement already running at the database, and SQLAlchemy
+    may spend seconds compiling one (a filter of 1,000 clauses) before sending it; checked
+    here, it never starts. Outside a request (the daemon's sync on the same engine) this does
+    nothing.
+    """
+    checkpoint()
 
 
 def _error_code(body: dict[str, Any]) -> str | None:

@@ -118,7 +118,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     export_helps = {
         "export-delay": "export a finished run once its last heartbeat is this old; 0: at once",
-        "dir": "where exports are written (default: <database file>.parquet/)",
+        "dir": (
+            "where exports are written (default: <database file>.parquet/ for SQLite, "
+            "$XDG_DATA_HOME/wandb-mirror/parquet/<host>-<port>-<database>/ for PostgreSQL)"
+        ),
         "url-ttl": f"seconds a signed file URL stays valid ({parquet_export.DEFAULT_URL_TTL:g})",
         "file-rows": f"rows per parquet file at most ({parquet_export.DEFAULT_FILE_ROWS})",
     }

@@ -5,6 +5,7 @@ where parquet exports live and which base URL their links start with, and the re
 from __future__ import annotations
 
 import functools
+import math
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -13,8 +14,9 @@ from typing import Any
 
 from graphql import GraphQLResolveInfo
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from mirror.errors import ReadOnlyRoleError, database_reason, permission_denied
 from mirror.serve.chunk_cache import ChunkCache
 from mirror.serve.jsonout import RawJSON
 from mirror.serve.limits import PROGRESS_STEPS, Budget, Limits
@@ -23,6 +25,8 @@ from mirror.store.engine import read_transaction, write_transaction
 from mirror.store.fields import dumps
 
 Resolver = Callable[..., Any]
+#: how long stopping the server waits for PostgreSQL to confirm a statement's cancellation
+CANCEL_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -64,10 +68,22 @@ class RequestContext:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write transaction (the lock taken up front), bound to the request's budget."""
+        """A write transaction (the lock taken up front), bound to the request's budget.
+
+        A database role that may only read is refused as the client's error, with one line
+        saying the server needs the writer role, rather than as an internal error: that is a
+        deployment choice (``serve`` over a read-only role), not a bug.
+        """
         self.budget.check()
-        with write_transaction(self.engine) as conn, _bounded(conn, self.budget):
-            yield conn
+        try:
+            with write_transaction(self.engine) as conn, _bounded(conn, self.budget):
+                yield conn
+        except DBAPIError as exc:
+            if permission_denied(exc):
+                raise ReadOnlyRoleError(
+                    f"this server cannot write: {database_reason(exc)}"
+                ) from None
+            raise
 
     def end_read(self) -> None:
         """Close the snapshot, so that a write and the reads after it see fresh data."""
@@ -86,7 +102,9 @@ def _bounded(conn: Connection, budget: Budget) -> Iterator[None]:
 
     SQLite checks a progress handler every few thousand virtual-machine steps (the statement
     then fails with "interrupted"); PostgreSQL gets the time left as ``statement_timeout`` for
-    this transaction. The handler is removed before the connection goes back to the pool.
+    this transaction, rounded up so that the statement never ends before the budget says it is
+    out of time (the error is then reported as the time limit), and a cancel request should the
+    server stop. The handler is removed before the connection goes back to the pool.
     """
     raw = conn.connection.dbapi_connection
     if isinstance(raw, sqlite3.Connection):
@@ -96,10 +114,21 @@ def _bounded(conn: Connection, budget: Budget) -> Iterator[None]:
         finally:
             raw.set_progress_handler(None, 0)
         return
-    if conn.dialect.name == "postgresql":
-        milliseconds = max(int(budget.remaining() * 1000), 1)
-        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {milliseconds}")
-    yield
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    milliseconds = max(math.ceil(budget.remaining() * 1000), 1)
+    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {milliseconds}")
+    driver = getattr(raw, "driver_connection", raw)
+    if hasattr(driver, "cancel_safe"):  # psycopg 3.2+: bounded, where cancel() may hang
+        cancel = functools.partial(driver.cancel_safe, timeout=CANCEL_TIMEOUT_S)
+    else:
+        cancel = driver.cancel
+    remove = budget.on_cancel(cancel)
+    try:
+        yield
+    finally:
+        remove()
 
 
 def text_size(value: Any) -> int:

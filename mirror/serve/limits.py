@@ -32,6 +32,7 @@ variables).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -40,6 +41,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from mirror.serve import options
+
+log = logging.getLogger("mirror.serve")
 
 ENV_PREFIX = "WANDB_MIRROR_SERVE_"
 #: the largest page of a listing (``runs``, ``models``): larger ``first`` values are clamped to it
@@ -118,7 +121,10 @@ class Budget:
 
     Resolvers call :meth:`check` before work and :meth:`charge` with what they hand out; the
     database calls :meth:`progress` (an SQLite progress handler) while a statement runs. The
-    server cancels every budget when it stops, so that running statements end at once.
+    server cancels every budget when it stops (:meth:`cancel`), so that running statements end
+    at once: SQLite's at the handler's next call, PostgreSQL's through the cancel callbacks the
+    request's connections registered (:meth:`on_cancel`), since the server, not the client,
+    runs those statements and only a cancel request stops one before its timeout.
     """
 
     def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
@@ -127,6 +133,32 @@ class Budget:
         self.deadline = clock() + limits.request_timeout
         self.used = 0
         self.cancelled = False
+        self._cancels: list[Callable[[], object]] = []
+        self._lock = threading.Lock()
+
+    def on_cancel(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Call ``callback`` (from another thread) should the request be cancelled; returns
+        what removes it again, for when the connection goes back to the pool."""
+        with self._lock:
+            self._cancels.append(callback)
+
+        def remove() -> None:
+            with self._lock:
+                if callback in self._cancels:
+                    self._cancels.remove(callback)
+
+        return remove
+
+    def cancel(self) -> None:
+        """Stop the request: its next check fails, and its running statements are cancelled."""
+        self.cancelled = True
+        with self._lock:
+            callbacks = list(self._cancels)
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as exc:  # a connection already closed: nothing left to stop
+                log.debug("cancelling a statement failed: %s", exc)
 
     def expired(self) -> bool:
         """Whether the request is out of time (or the server is stopping)."""
@@ -209,6 +241,7 @@ class Budgets:
     def cancel_all(self) -> int:
         """Cancel every request in flight; returns how many there were."""
         with self._lock:
-            for budget in self._active:
-                budget.cancelled = True
-            return len(self._active)
+            active = list(self._active)
+        for budget in active:
+            budget.cancel()
+        return len(active)

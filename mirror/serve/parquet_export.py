@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -53,9 +54,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.engine import make_url
 
 from mirror.serve import options
 from mirror.serve.chunk_cache import ChunkCache
+from mirror.store.engine import default_db_path, sqlite_path
 from mirror.store.fields import dumps, strict_json
 from mirror.store.read import ChunkSpan, chunk_spans, iter_chunks, load_chunk, window
 
@@ -933,11 +936,27 @@ def _subdirs(path: Path) -> list[Path]:
         return []
 
 
-def default_directory(database_file: Path | None) -> Path | None:
-    """``<database>.parquet`` beside an SQLite file; None for other databases."""
-    if database_file is None:
-        return None
-    return database_file.with_name(database_file.name + ".parquet")
+def default_directory(database_url: str) -> Path:
+    """Where a server's exports go without ``--parquet-dir``.
+
+    Beside an SQLite file, as ``<file>.parquet``, so that they move and go with it. A server
+    database (PostgreSQL) has no file to sit beside, so its exports go to the XDG data
+    directory, ``wandb-mirror/parquet/<host>-<port>-<database>``: one directory per database,
+    so that two mirrors on one machine never share (nor overwrite) each other's exports, and
+    the same one again after a restart, so that files already written are served rather than
+    exported anew.
+    """
+    file = sqlite_path(database_url)
+    if file is not None:
+        return file.with_name(file.name + ".parquet")
+    parsed = make_url(database_url)
+    parts = (parsed.host or "local", str(parsed.port or "default"), parsed.database or "default")
+    key = "-".join(_UNSAFE.sub("_", part) for part in parts)
+    return default_db_path().parent / "parquet" / key
+
+
+#: characters kept out of a directory name made from a database's host and name
+_UNSAFE = re.compile(r"[^A-Za-z0-9._]")
 
 
 __all__ = [

@@ -29,13 +29,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
 from waitress.task import WSGITask
 
 from mirror.arguments import Parser
-from mirror.errors import ConfigError, MirrorError
+from mirror.errors import ConfigError, MirrorError, database_reason, quiet_driver_warnings
 from mirror.serve import options, parquet_export
 from mirror.serve.app import DROP_CONNECTION, TRUST_CONNECTION, MirrorApp
 from mirror.serve.arguments import (
@@ -51,7 +52,7 @@ from mirror.serve.faults import FaultConfig
 from mirror.serve.limits import Limits
 from mirror.serve.parquet_export import ParquetConfig, ParquetExports
 from mirror.store import migrate
-from mirror.store.engine import make_engine, sqlite_path
+from mirror.store.engine import database_url, make_engine, shown
 from mirror.store.models import sync_state
 
 log = logging.getLogger("mirror.serve")
@@ -340,17 +341,13 @@ def serve(
 def make_exports(database_url: str, config: ParquetConfig | None) -> ParquetExports | None:
     """The export directory for a server, or None when exports are off.
 
-    Without ``--parquet-dir`` the files go beside an SQLite database (``<file>.parquet/``);
-    other databases have no file to sit beside, so they need the option.
+    Without ``--parquet-dir`` the files go beside an SQLite database (``<file>.parquet/``), and
+    for other databases into the XDG data directory, one directory per database
+    (``parquet_export.default_directory``).
     """
     if config is None or not config.enabled:
         return None
-    directory = config.directory or parquet_export.default_directory(sqlite_path(database_url))
-    if directory is None:
-        raise ConfigError(
-            "parquet exports need a directory for this database: pass --parquet-dir or set "
-            f"{parquet_export.env_name('dir')}"
-        )
+    directory = config.directory or parquet_export.default_directory(database_url)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -375,6 +372,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    quiet_driver_warnings()
     log.setLevel(logging.INFO)  # the access log, even under a quieter root logger
     try:
         faults = fault_config(args)
@@ -398,6 +396,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         )
     except MirrorError as exc:
         return _failed(str(exc))
+    except SQLAlchemyError as exc:  # the server is unreachable, refuses the user, ...
+        return _failed(f"database error in {shown(database_url(args.db))}: {database_reason(exc)}")
     except OSError as exc:
         return _failed(f"cannot listen on {args.host}:{args.port}: {exc}")
     return 0
