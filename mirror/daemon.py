@@ -80,13 +80,8 @@ class JobSpec:
         return CronTrigger.from_crontab(self.cron)
 
 
-def job_specs(settings: Settings, snapshots: bool = True) -> list[JobSpec]:
-    """The jobs a config describes, pulls first; none for a project-less config but backups.
-
-    ``snapshots`` is whether the database is one the backup job can snapshot (an SQLite file):
-    a PostgreSQL mirror is backed up by the server's own tools, and a job that could only
-    fail every night would bury real failures in ``status``.
-    """
+def job_specs(settings: Settings) -> list[JobSpec]:
+    """The jobs a config describes, pulls first; none for a project-less config but backups."""
     d, b = settings.daemon, settings.backup
     grace = d.misfire_grace
     specs = []
@@ -95,7 +90,7 @@ def job_specs(settings: Settings, snapshots: bool = True) -> list[JobSpec]:
     for target in wanted:
         every = intervals.get(target.path) or d.pull_interval
         specs.append(JobSpec(f"pull:{target.path}", "pull", every, "", WRITER, grace, target))
-    scheduled = [("backup", b.schedule if snapshots else "", READER)]
+    scheduled = [("backup", b.schedule, READER)]
     if wanted:
         specs.append(JobSpec("push", "push", d.push_interval, "", WRITER, grace))
         scheduled += [("reconcile", d.reconcile, WRITER), ("export", b.export_schedule, READER)]
@@ -309,13 +304,7 @@ class Daemon:
     def _apply(self, settings: Settings) -> None:
         """Make the scheduler's jobs those of ``settings``; unchanged jobs keep their timing."""
         assert self.scheduler is not None
-        snapshots = sqlite_path(str(self._engine().url)) is not None
-        if settings.backup.schedule and not snapshots:
-            log.info(
-                "backup: not scheduled, the daemon snapshots SQLite mirrors only; back this "
-                "database up with pg_dump or the server's own backups"
-            )
-        wanted = {spec.id: spec for spec in job_specs(settings, snapshots)}
+        wanted = {spec.id: spec for spec in job_specs(settings)}
         for job_id in set(self._specs) - set(wanted):
             self.scheduler.remove_job(job_id)
         now = datetime.now(timezone.utc)
@@ -520,10 +509,6 @@ class Daemon:
 
         base = self.settings.backup.export_dest
         engine = self._engine()
-        if engine.dialect.name == "postgresql":
-            # the export runs beside a pull and reads in one snapshot; read_transaction's
-            # is one statement's on PostgreSQL, where merged chunks would vanish mid-export
-            engine = engine.execution_options(isolation_level="REPEATABLE READ")
         root = Path(base).expanduser() if base else default_export_dir(engine)
         lines = []
         for target in self._targets():

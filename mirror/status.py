@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING, TextIO
 from sqlalchemy import Engine
 
 from mirror.store import backup
-from mirror.store.engine import shown, sqlite_path
 from mirror.store.jobs import JobRecord, job_records
 from mirror.store.lock import current_holder
-from mirror.store.status import ProjectStatus, project_statuses
+from mirror.store.status import ProjectStatus, database_line, project_statuses
 
 if TYPE_CHECKING:
     from mirror.config import Settings
@@ -78,7 +77,6 @@ def write_report(engine: Engine, backup_dest: str, out: TextIO) -> None:
     """``write_status`` given only the backup directory setting: the dashboard shows the same
     lines, and a server does not load the config (which brings the remote client with it)."""
     now = datetime.now(timezone.utc)
-    path = sqlite_path(str(engine.url))
     holder = current_holder(engine)
     print(
         f"daemon: running, {holder.describe()}"
@@ -102,11 +100,8 @@ def write_report(engine: Engine, backup_dest: str, out: TextIO) -> None:
             f"; failed {_when(job.last_failure_at, now)}: {job.last_error}" if job.failures else ""
         )
         print(f"{job_id}: next {_when(job.next_run_at, now)}{failed}", file=out)
-    if path is None:  # a server's database: named without its password, no file to size
-        print(f"database: {shown(engine.url)}", file=out)
-        return
-    size = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.is_file())
-    print(f"database: {path} ({size / 1e6:.1f} MB with its WAL)", file=out)
+    with engine.connect() as conn:
+        print(database_line(conn), file=out)
     directory = backup.backup_dir(engine, backup_dest)
     snapshots = backup.list_snapshots(directory) if directory.is_dir() else []
     if snapshots:

@@ -27,7 +27,7 @@ from mirror.query.sampling import sample_indices
 from mirror.query.sql import count_query, ordered_ids, runs_query
 from mirror.store import migrate
 from mirror.store import read as store_read
-from mirror.store.engine import make_engine, write_transaction
+from mirror.store.engine import make_engine, read_transaction, write_transaction
 from mirror.store.fields import dumps, loads, unwrap_config
 from mirror.store.models import projects
 from mirror.store.models import runs as runs_table
@@ -109,25 +109,15 @@ class Api:
             self._engine = None
             self._checked = False
 
-    def _connect(self) -> Connection:
-        try:
-            return self.engine.connect()
-        except SQLAlchemyError as exc:
-            raise _database_error(exc, "read") from None
-
     def _read(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn(conn, *args)`` in a read transaction, failures as ``CommError``.
+        """Run ``fn(conn, *args)`` in one snapshot, failures as ``CommError``.
 
-        The transaction is one snapshot, as SQLite's is: on PostgreSQL a read-committed
-        transaction sees each statement's own, and a history read lists a run's chunks before it
-        fetches them, while the daemon may merge those chunks into new ones in between.
+        One snapshot on PostgreSQL too (``read_transaction``): a history read lists a run's
+        chunks before it fetches them, while the daemon may merge them into new ones meanwhile.
         """
         try:
-            with self._connect() as conn:
-                if conn.dialect.name == "postgresql":
-                    conn.execution_options(isolation_level="REPEATABLE READ")
-                with conn.begin():
-                    return fn(conn, *args)
+            with read_transaction(self.engine) as conn:
+                return fn(conn, *args)
         except SQLAlchemyError as exc:
             raise _database_error(exc, "read") from None
 

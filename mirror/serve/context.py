@@ -58,10 +58,7 @@ class RequestContext:
         """The request's read connection (a consistent snapshot)."""
         if self._conn is None:
             self.budget.check()
-            engine = self.engine
-            if engine.dialect.name == "postgresql":  # one snapshot, not one per statement
-                engine = engine.execution_options(isolation_level="REPEATABLE READ")
-            conn = self._stack.enter_context(read_transaction(engine))
+            conn = self._stack.enter_context(read_transaction(self.engine))
             self._stack.enter_context(_bounded(conn, self.budget))
             self._conn = conn
         return self._conn

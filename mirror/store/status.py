@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, select
 
+from mirror.store.engine import shown, sqlite_path
 from mirror.store.models import history_chunks, outbox, projects, run_sync, runs, sync_state
 
 
@@ -75,3 +76,18 @@ def project_statuses(conn: Connection) -> list[ProjectStatus]:
             )
         )
     return out
+
+
+def database_line(conn: Connection) -> str:
+    """The ``database:`` line: where the mirror is and how much room it takes.
+
+    An SQLite mirror is its file and WAL; a PostgreSQL one is named without its password and
+    sized by the server (``pg_database_size``), which counts its indexes and TOAST too.
+    """
+    path = sqlite_path(str(conn.engine.url))
+    if path is None:
+        size = conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar() or 0
+        return f"database: {shown(conn.engine.url)} ({int(size) / 1e6:.1f} MB)"
+    files = (path, path.with_name(path.name + "-wal"))
+    size = sum(p.stat().st_size for p in files if p.is_file())
+    return f"database: {path} ({size / 1e6:.1f} MB with its WAL)"
