@@ -251,7 +251,11 @@ class Daemon:
             ready, _, _ = select.select([reader], [], [], 60.0)
             if ready:
                 for signum in reader.recv(64):
-                    self._act(signum)
+                    try:
+                        self._act(signum)
+                    except SQLAlchemyError as exc:  # saving the new schedule: jobs go on
+                        reason = getattr(exc, "orig", None) or exc
+                        log.error("%s: database error: %s", signal.Signals(signum).name, reason)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         """Runs in signal context: only notes a stop, or ends the process on the second one."""

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from mirror.store.models import daemon_jobs
 from mirror.store.upsert import utcnow
@@ -32,10 +33,20 @@ class JobRecord:
 
 
 def _upsert(conn: Connection, job_id: str, **values: object) -> None:
-    """Update the job's row, or create it first (a job may run before its schedule is saved)."""
-    exists = conn.execute(select(daemon_jobs.c.id).where(daemon_jobs.c.id == job_id)).first()
-    if exists is None:
-        conn.execute(insert(daemon_jobs).values(id=job_id, runs=0, failures=0))
+    """Update the job's row, or create it first (a job may run before its schedule is saved).
+
+    The daemon's main thread (saving the schedule after a HUP) and its writer thread (a job
+    starting) may both create the row of a new job at once. On SQLite their transactions take
+    turns; on PostgreSQL both would find no row and the second insert would fail on the key,
+    so the row is created with an insert that leaves an existing one alone.
+    """
+    row = {"id": job_id, "runs": 0, "failures": 0}
+    if conn.dialect.name == "postgresql":
+        conn.execute(pg_insert(daemon_jobs).values(**row).on_conflict_do_nothing())
+    else:
+        exists = conn.execute(select(daemon_jobs.c.id).where(daemon_jobs.c.id == job_id)).first()
+        if exists is None:
+            conn.execute(insert(daemon_jobs).values(**row))
     conn.execute(update(daemon_jobs).where(daemon_jobs.c.id == job_id).values(**values))
 
 
