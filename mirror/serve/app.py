@@ -32,7 +32,15 @@ from mirror.serve.dashboard import Dashboard
 from mirror.serve.executor import Outcome, aborted, describe, run_request
 from mirror.serve.faults import FaultConfig, FaultInjector
 from mirror.serve.jsonout import dumps_response
-from mirror.serve.limits import Budget, Budgets, Limits, checkpoint, current, too_large
+from mirror.serve.limits import (
+    Budget,
+    Budgets,
+    Limits,
+    RequestAborted,
+    checkpoint,
+    current,
+    too_large,
+)
 from mirror.serve.parquet_export import URL_PATH, ParquetExports, TokenError
 from mirror.store.fields import loads
 
@@ -342,6 +350,16 @@ class MirrorApp:
             context.close()
 
 
+class StatementRefused(Exception):  # noqa: N818 - it names what happened to the statement
+    """A statement not sent because its request is out of time or cancelled.
+
+    An Exception, where :class:`RequestAborted` is a BaseException: SQLAlchemy invalidates a
+    connection that a BaseException passes through, and the request's transaction could then
+    neither commit nor roll back. Raised as a resolver's error, it is answered with the
+    budget's own reason (``run_request`` checks the budget when a field fails).
+    """
+
+
 def _before_statement(*_args: Any) -> None:
     """Send no statement for a request that is out of time or cancelled (the server stops).
 
@@ -350,7 +368,10 @@ def _before_statement(*_args: Any) -> None:
     here, it never starts. Outside a request (the daemon's sync on the same engine) this does
     nothing.
     """
-    checkpoint()
+    try:
+        checkpoint()
+    except RequestAborted as exc:
+        raise StatementRefused(exc.message) from None
 
 
 def _error_code(body: dict[str, Any]) -> str | None:
