@@ -27,6 +27,8 @@ MMAP_BYTES = 1 << 32
 # it was made with; an existing mirror's pragma here changes nothing.
 PAGE_BYTES = 16384
 _WRITE = "mirror_write"
+#: the advisory lock PostgreSQL write transactions take turns on (not the writer lock's key)
+PG_WRITE_KEY = 0x776D78
 
 
 def default_db_path() -> Path:
@@ -126,8 +128,16 @@ def make_engine(
 
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction that holds the write lock from its first statement to its commit."""
+    """A transaction that holds the write lock from its first statement to its commit.
+
+    SQLite has one write lock per file (``BEGIN IMMEDIATE``). PostgreSQL lets writers run side
+    by side, so a pull could read a run's open edits, an ``edit`` commit, and the pull then
+    write W&B's values over the edited ones; a transaction-scoped advisory lock, taken first,
+    makes write transactions take turns there too (readers never wait for it).
+    """
     with engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_KEY})")
         yield conn
 
 
