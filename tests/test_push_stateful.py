@@ -128,22 +128,37 @@ class WriteBack(RuleBasedStateMachine):
     @rule(policy=st.sampled_from(["abort", "local-wins", "remote-wins"]))
     def push(self, policy: str) -> None:
         """The decision table: a key changed on both sides keeps W&B's value unless the
-        policy lets the local side win; anything else takes the local value."""
+        policy lets the local side win; anything else takes the local value. Under ``abort`` an
+        edit holding such a key is written not at all and becomes a visible conflict (edits of
+        one run are merged into one, so that takes its other keys along, kept, not lost)."""
         before = self.remote_summary()
         expected = {}
+        aborted = []  # under abort, an edit with one key moved on both sides is held whole
         for edit in self.open_edits():
             if edit.status == outbox.CONFLICT and policy == "abort":
                 continue
+            outcome = {}
+            clashed = False
             for key, value in edit.patch.items():
                 base = edit.base["values"].get(key, [])
                 moved = (base[0] if base else None) != before.get(key)
                 clash = moved and before.get(key) != value
+                clashed |= clash
                 keep_remote = clash and policy != "local-wins"
-                expected[key] = before.get(key) if keep_remote else value
+                outcome[key] = before.get(key) if keep_remote else value
+            if clashed and policy == "abort":
+                aborted.append(edit.id)
+            else:
+                expected.update(outcome)
         Pusher(self.engine, self.remote, policy).run()
         after = self.remote_summary()
         for key, value in expected.items():
             assert after.get(key) == value, (policy, key, before, after)
+        if aborted:
+            untouched = {k: v for k, v in after.items() if k not in expected}
+            assert untouched == {k: v for k, v in before.items() if k not in expected}
+            status = {e.id: e.status for e in self.open_edits()}
+            assert all(status.get(i) == outbox.CONFLICT for i in aborted), status
         self._settle(policy)
 
     @rule(after_write=st.booleans())
@@ -250,3 +265,25 @@ def test_write_back_never_loses_an_edit(upstream, request, database):
         suppress_health_check=list(HealthCheck),
     )
     runner().runTest()
+
+
+def test_an_edit_aborted_on_one_key_holds_its_other_keys(upstream):
+    """The sequence Hypothesis found: two local edits of one run merged into one, one of its
+    keys then changed on W&B too; ``abort`` writes none of it and holds it all as a conflict."""
+    up, root = upstream
+    WriteBack.up = up
+    WriteBack.new_mirror = staticmethod(lambda project: root / f"{project}.db")
+    state = WriteBack()
+    try:
+        state.local_edit(key="b", value=10)
+        state.crashing_push(after_write=False)
+        state.remote_edit(key="a", value=0)
+        state.restart()
+        state.local_edit(key="a", value=10)
+        state.push(policy="abort")
+        (edit,) = state.open_edits()
+        assert (edit.status, edit.patch) == (outbox.CONFLICT, {"b": 10, "a": 10})
+        assert "b" not in state.remote_summary()
+        state.no_local_edit_is_silently_lost()
+    finally:
+        state.teardown()
