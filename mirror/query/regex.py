@@ -219,6 +219,39 @@ def as_glob(pattern: str) -> Glob | None:
     return Glob(glob, exact, exact and not line_bound)
 
 
+def glob_as_posix(glob: str) -> str:
+    """The regular expression (POSIX, as PostgreSQL's ``~`` reads it) matching exactly the texts
+    the GLOB pattern ``glob`` of :func:`as_glob` matches, for a database without GLOB.
+
+    Only :func:`as_glob`'s GLOB subset is read: ``*``, ``?``, classes of plain letters, digits
+    and ranges (``[^...]`` negated), literals (``*?[`` in brackets of their own). ``*`` and ``?``
+    may take a newline on both sides (PostgreSQL's ``.`` does unless told otherwise), classes
+    compare code points (the mirror's texts collate as "C"), and ASCII punctuation is escaped, so
+    nothing in the result means more than the GLOB does. A GLOB matches the whole text, hence
+    the anchors, which a ``*`` at either end drops instead.
+    """
+    body = glob[1:] if glob.startswith("*") else glob
+    body = body[:-1] if body.endswith("*") else body
+    pieces = []
+    i = 0
+    while i < len(body):
+        char = body[i]
+        if char == "[":
+            end = body.index("]", i + 2)  # a class holds at least one member
+            members = body[i + 1 : end]
+            pieces.append("\\" + members if members in ("*", "?", "[") else f"[{members}]")
+            i = end + 1
+            continue
+        if char in "*?":
+            pieces.append(".*" if char == "*" else ".")
+        else:
+            pieces.append("\\" + char if char.isascii() and not char.isalnum() else char)
+        i += 1
+    start = "" if glob.startswith("*") else "^"
+    end = "" if glob.endswith("*") and len(glob) > len(start) else "$"
+    return start + "".join(pieces) + end
+
+
 def _glob_literal(char: str, fold: bool) -> tuple[str, bool]:
     """A literal character as GLOB, and whether exactly (a non-ASCII letter folds widely)."""
     if fold and char.isalpha():

@@ -185,8 +185,13 @@ class _Compiler:
         rows = self._rows_of(node)
         if rows is not None and node.path in RUN_ATTRIBUTES:  # a regex
             # ``+ 0`` keeps SQLite from looking each matching run up by id (a read of a wide row
-            # apiece): it walks the (project, deleted_at, created_at) index and probes the set
-            return (runs.c.id + _const(0)).in_(rows)
+            # apiece): it walks the (project, deleted_at, created_at) index and probes the set.
+            # PostgreSQL's planner would rather hash the whole set first; tested on the run
+            # itself, the match lets it walk the order's index and stop at a page.
+            assert isinstance(node, Regex)
+            column = runs.c[RUN_ATTRIBUTES[node.path]]
+            own = _Matching(column, node.pattern, self._column_texts(column))
+            return _PerDialect((runs.c.id + _const(0)).in_(rows), postgresql=_present(column, own))
         if rows is not None:
             return runs.c.id.in_(rows)
         if node.path in RUN_ATTRIBUTES:
@@ -362,11 +367,16 @@ class _Compiler:
         """The ids of runs whose ``column`` RE2 finds ``pattern`` in: a set read from the
         column's index when it has one (``display_name``), so no run row is visited."""
         other = runs.alias("regex_runs")
-        distinct = select(other.c[column]).where(
-            other.c.project_id == _const(self.project_id), other.c[column].is_not(None)
-        )
-        matching = _Matching(other.c[column], pattern, distinct)
+        matching = _Matching(other.c[column], pattern, self._column_texts(other.c[column]))
         return select(other.c.id).where(other.c.project_id == _const(self.project_id), matching)
+
+    def _column_texts(self, column: KeyedColumnElement[Any]) -> Select:
+        """The texts a regex on a ``runs`` column (of the table or an alias) is matched
+        against: the column's values in this project."""
+        table = runs.alias("regex_texts")
+        return select(table.c[column.key]).where(
+            table.c.project_id == _const(self.project_id), table.c[column.key].is_not(None)
+        )
 
     def order(self, order: Order) -> tuple[Any, list[ColumnElement[Any]]]:
         """The runs joined to their value at the order path, and the sort keys.
@@ -656,6 +666,39 @@ def _compile_grouped(element: _Grouped, compiler: Any, **kw: Any) -> str:
     return f"({compiler.process(element.condition, **kw)})"
 
 
+class _PerDialect(ColumnElement[bool]):
+    """One condition in two forms: ``postgresql`` on PostgreSQL, ``default`` elsewhere.
+
+    Its children, for traversals, are the PostgreSQL form's only: the one traversal that looks
+    inside (:func:`_match_before_execution`) runs for PostgreSQL, and must not read the texts of
+    a form that is not sent.
+    """
+
+    inherit_cache = True
+    _traverse_internals = [
+        ("default", InternalTraversal.dp_clauseelement),
+        ("postgresql", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, default: ColumnElement[bool], postgresql: ColumnElement[bool]) -> None:
+        self.default = default
+        self.postgresql = postgresql
+
+    def get_children(self, **kw: Any) -> list[ColumnElement[bool]]:
+        """The PostgreSQL form (see the class)."""
+        return [self.postgresql]
+
+
+@compiles(_PerDialect)
+def _per_dialect_default(element: _PerDialect, compiler: Any, **kw: Any) -> str:
+    return f"({compiler.process(element.default, **kw)})"
+
+
+@compiles(_PerDialect, "postgresql")
+def _per_dialect_postgresql(element: _PerDialect, compiler: Any, **kw: Any) -> str:
+    return f"({compiler.process(element.postgresql, **kw)})"
+
+
 class _Uncached(ColumnElement[bool]):
     """A condition SQLAlchemy compiles each time: not cacheable, so computing the statement's
     cache key stops here instead of walking thousands of subqueries."""
@@ -743,10 +786,14 @@ class _Matching(ColumnElement[bool]):
 
     Elsewhere (PostgreSQL) the database's own regular expressions are not RE2 (``\\b``, ``.``
     and newlines, ``\\pL``, named groups differ), and a database function cannot call Python.
-    So the statement is completed just before it runs (:func:`_match_before_execution`): the
-    distinct texts ``candidates`` selects are read on the same connection, matched in one
-    :func:`mirror.query.regex.matching` call, and bound as ``matched``, one array parameter,
-    for ``column = ANY(matched)`` (with their indexed prefixes, ``matched_prefixes``).
+    So the GLOB form, written as the database's regular expression
+    (:func:`mirror.query.regex.glob_as_posix`, ``posix``), decides in the database the texts it
+    is exact for, or picks the candidates, and the statement is completed just before it runs
+    (:func:`_match_before_execution`): the distinct texts left to decide (``candidates``: those
+    holding an escape, see ``mirror.store.texts``, or a newline where that matters, or all when
+    there is no GLOB form) are read on the same connection, matched in one
+    :func:`mirror.query.regex.matching` call, and bound as ``matched``, one array parameter, for
+    ``column = ANY(matched)`` (with their indexed prefixes, ``matched_prefixes``).
     """
 
     inherit_cache = True
@@ -759,6 +806,8 @@ class _Matching(ColumnElement[bool]):
         ("texts", InternalTraversal.dp_clauseelement),
         ("with_nul", InternalTraversal.dp_clauseelement),
         ("candidates", InternalTraversal.dp_clauseelement),
+        ("posix", InternalTraversal.dp_clauseelement),
+        ("plain", InternalTraversal.dp_clauseelement),
         ("matched", InternalTraversal.dp_clauseelement),
         ("matched_prefixes", InternalTraversal.dp_clauseelement),
     ]
@@ -766,14 +815,23 @@ class _Matching(ColumnElement[bool]):
     def __init__(self, column: ColumnElement[Any], pattern: str, texts: Select) -> None:
         self.column = column
         self.pattern = bindparam(None, pattern)
-        self.candidates = texts.distinct()
         self.matched = bindparam(None, [], type_=ARRAY(column.type))
         self.matched_prefixes = bindparam(None, [], type_=ARRAY(Text()))
         glob = regex.as_glob(pattern)
         self.exact = glob is not None and glob.exact
         self.across_lines = glob is not None and glob.across_lines
         self.glob = bindparam(None, "*" if glob is None else glob.pattern)
+        self.posix = bindparam(None, regex.glob_as_posix(self.glob.value), type_=Text())
         text = texts.selected_columns[0]
+        self.plain = _plain_for_posix(column, self.across_lines)
+        if self.exact:
+            texts_left = texts.where(~_plain_for_posix(text, self.across_lines))
+        elif glob is not None:
+            posix_hits = text.op("~")(self.posix)
+            texts_left = texts.where(or_(posix_hits, ~_plain_for_posix(text, False)))
+        else:
+            texts_left = texts
+        self.candidates = texts_left.distinct()
         self.with_nul = texts.where(_has(text, 0)).distinct()
         texts = texts.where(~_has(text, 0))
         if self.exact:  # RE2 decides only what GLOB cannot
@@ -783,6 +841,16 @@ class _Matching(ColumnElement[bool]):
         self.texts = texts.distinct()
 
 
+def _plain_for_posix(text: ColumnElement[Any], across_lines: bool) -> ColumnElement[bool]:
+    """PostgreSQL: ``text``, as stored, is one a GLOB form's regular expression reads as RE2
+    would: no escape (a NUL or U+0001, which are two characters stored), and no newline unless
+    the form is exact across lines."""
+    tests = [func.strpos(text, func.chr(_const(1))) == _const(0)]
+    if not across_lines:
+        tests.append(func.strpos(text, func.chr(_const(10))) == _const(0))
+    return and_(*tests)
+
+
 def _has(text: ColumnElement[Any], code: int) -> ColumnElement[bool]:
     """``text`` holds the character ``code``: a newline (where RE2's ``.`` stops) or a NUL."""
     return func.instr(text, func.char(code)) > 0
@@ -790,9 +858,14 @@ def _has(text: ColumnElement[Any], code: int) -> ColumnElement[bool]:
 
 @compiles(_Matching)
 def _matching_default(element: _Matching, compiler: Any, **kw: Any) -> str:
-    """The texts that matched, and their indexed prefixes (see :class:`_Text`)."""
+    """The texts the GLOB form decides, or those that matched, with their indexed prefixes
+    (see :class:`_Text`)."""
     prefix = _indexed_prefix(element.column) == any_(element.matched_prefixes)
-    return compiler.process(and_(prefix, element.column == any_(element.matched)), **kw)
+    test = and_(prefix, element.column == any_(element.matched))
+    if element.exact:
+        decided = and_(element.plain, element.column.op("~")(element.posix))
+        test = or_(decided, test)
+    return f"({compiler.process(test, **kw)})"
 
 
 @compiles(_Matching, "sqlite")

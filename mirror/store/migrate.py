@@ -38,6 +38,7 @@ from mirror.store.engine import (
     sqlite_path,
 )
 from mirror.store.models import metadata
+from mirror.store.postgresql import INDEXES as pg_indexes
 from mirror.store.texts import INDEXED_CHARS, PREFIX_INDEXES
 
 #: how long an upgrade waits for another process's upgrade of the same database
@@ -217,15 +218,16 @@ def schema_differences(engine: Engine) -> list[object]:
     """What the models declare that the database does not have, or the other way round.
 
     On PostgreSQL the indexes of :data:`mirror.store.texts.PREFIX_INDEXES` hold a prefix of
-    their text column, which the models (one declaration for every database) cannot say: they
-    are checked here by their definition instead of by Alembic's comparison.
+    their text column, and those of :data:`mirror.store.postgresql.INDEXES` exist there only,
+    which the models (one declaration for every database) cannot say: they are checked here by
+    their definition instead of by Alembic's comparison.
     """
     with engine.connect() as conn:
         if conn.dialect.name != "postgresql":
             return list(compare_metadata(MigrationContext.configure(conn), metadata))
 
         def compared(item: Any, name: str | None, kind: str, *_: Any) -> bool:
-            return not (kind == "index" and name in PREFIX_INDEXES)
+            return not (kind == "index" and (name in PREFIX_INDEXES or name in pg_indexes))
 
         context = MigrationContext.configure(conn, opts={"include_object": compared})
         differences: list[object] = list(compare_metadata(context, metadata))
@@ -236,8 +238,16 @@ def schema_differences(engine: Engine) -> list[object]:
                 )
             ).all()
         )
-        for name, (_table, column) in PREFIX_INDEXES.items():
-            if f"left({column}, {INDEXED_CHARS})" not in found.get(name, "").replace('"', ""):
+        expected = {
+            **{
+                name: (f"left({column}, {INDEXED_CHARS})",)
+                for name, (_, column) in PREFIX_INDEXES.items()
+            },
+            **pg_indexes,
+        }
+        for name, parts in expected.items():
+            definition = found.get(name, "").replace('"', "")
+            if not all(part in definition for part in parts):
                 differences.append(("modify_index" if name in found else "add_index", name))
         return differences
 
