@@ -416,3 +416,60 @@ def test_nan_and_infinities_sort_alike(both: dict[str, Any]) -> None:
         lite = _answer(engines["sqlite"], ids["sqlite"], spec, order)
         assert len(lite[0]) >= 5
         assert _answer(engines["postgresql"], ids["postgresql"], spec, order) == lite
+
+
+def test_glob_forms_mean_the_same_on_postgresql_as_glob_on_sqlite(
+    pg_server: Any, tmp_path: Any
+) -> None:
+    """On PostgreSQL a pattern's GLOB form is run as a POSIX regular expression
+    (``regex.glob_as_posix``): for every pattern here and every text without an escape (NUL or
+    U+0001, which never reach it), it selects exactly what SQLite's GLOB does, newlines,
+    classes, punctuation, case and anchors included."""
+    patterns = [*PATTERNS, "^a.*b$", "a.+b", "^x{3}", "[*]", "a?b", "[0-9]+-", "(?i)^k", "^$"]
+    globs = sorted({g.pattern for p in patterns if (g := regex.as_glob(p)) is not None})
+    globs += ["*[*]*", "*[?]*", "*[[]*", "a*", "*a", "?", "", "*.*", "*(*", "*\\*", "*]*", "*$*"]
+    texts = [t for t in TEXTS if "\x00" not in t and "\x01" not in t]
+    texts += ["a*b", "a?b", "a[b", "a]b", "a.b", "a(b", "a\\b", "a$b", "x\nx\ny", "aXb\n"]
+    lite = make_engine(tmp_path / "glob.db")
+    pg = make_engine(pg_server.new_database(migrated=False))
+    with lite.connect() as sqlite_conn, pg.connect() as pg_conn:
+        for glob in globs:
+            want = {
+                t
+                for t in texts
+                if sqlite_conn.execute(text("SELECT :t GLOB :g"), {"t": t, "g": glob}).scalar()
+            }
+            got = pg_conn.execute(
+                text('SELECT t FROM unnest(CAST(:texts AS text[])) AS t WHERE t COLLATE "C" ~ :p'),
+                {"texts": texts, "p": regex.glob_as_posix(glob)},
+            ).scalars()
+            assert set(got) == want, (glob, regex.glob_as_posix(glob))
+    lite.dispose()
+    pg.dispose()
+
+
+def test_0007_orders_live_runs_by_index_and_stores_documents_out_of_line(pg_server: Any) -> None:
+    """Migration 0007 gives PostgreSQL the listing's order as an index over live runs, which
+    ``db check`` misses when it is gone, and keeps the packed documents out of the rows."""
+    engine = make_engine(pg_server.new_database())
+    try:
+        with engine.connect() as conn:
+            storage = dict(
+                conn.execute(
+                    text(
+                        "SELECT attname, attstorage FROM pg_attribute WHERE attrelid = 'runs'::regclass "
+                        "AND attname IN ('config', 'summary_metrics', 'system_metrics', 'history_keys')"
+                    )
+                ).all()
+            )
+            options = conn.execute(
+                text("SELECT reloptions FROM pg_class WHERE oid = 'runs'::regclass")
+            ).scalar_one()
+        assert storage == dict.fromkeys(storage, "e") and len(storage) == 4
+        assert options == ["toast_tuple_target=128"]
+        assert migrate.schema_differences(engine) == []
+        with write_transaction(engine) as conn:
+            conn.execute(text("DROP INDEX ix_runs_live_order"))
+        assert migrate.schema_differences(engine) == [("add_index", "ix_runs_live_order")]
+    finally:
+        engine.dispose()
