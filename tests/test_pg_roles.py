@@ -255,3 +255,33 @@ def test_upsert_bucket_through_serve_works_with_the_writer_role(roles: Mirror, t
     assert answer["data"]["upsertBucket"]["inserted"] is True, answer
     with closing(mirror.Api(database=roles.reader)) as api:
         assert api.run(f"{ENTITY}/served/bywriter").state == "running"
+
+
+# --- sync and push ----------------------------------------------------------------------------
+
+
+def test_sync_and_push_need_the_writer_role_and_keep_the_edit(pg_server, tmp_path: Path):
+    """``sync`` and ``push`` into the mirror through the read-only role are refused in one line
+    naming the writer role; an edit waiting in the outbox is still there, and the writer then
+    pushes it."""
+    from sync_env import Upstream, run_cli, sync_env
+
+    mirror_db = Mirror(pg_server)
+    upstream_db = seed_database(tmp_path / "upstream.db", runs=RUNS, steps=STEPS)
+    with closing(mirror.Api(database=mirror_db.writer)) as writer:
+        run = writer.run(f"{ENTITY}/{PROJECT}/{first_run(writer)}")
+        run.summary["reviewed"] = 1
+        run.update()
+    with Upstream(upstream_db, tmp_path / "upstream.log") as upstream:
+        env = sync_env(upstream.url, tmp_path / "home")
+        for command in ("sync", "push"):
+            result = run_cli(["--db", mirror_db.reader, command, f"{ENTITY}/{PROJECT}"], env)
+            assert result.returncode != 0, (command, result.stdout, result.stderr)
+            refused(result)
+        with closing(mirror.Api(database=mirror_db.reader)) as reader:
+            assert reader.run(f"{ENTITY}/{PROJECT}/{run.id}").summary["reviewed"] == 1
+        pushed = run_cli(["--db", mirror_db.writer, "push", f"{ENTITY}/{PROJECT}"], env)
+        assert pushed.returncode == 0, pushed.stderr
+    upstream_engine = mirror.Api(database=str(upstream_db))
+    with closing(upstream_engine):
+        assert upstream_engine.run(f"{ENTITY}/{PROJECT}/{run.id}").summary["reviewed"] == 1
