@@ -457,15 +457,16 @@ def test_0007_orders_live_runs_by_index_and_stores_documents_out_of_line(pg_serv
             storage = dict(
                 conn.execute(
                     text(
-                        "SELECT attname, attstorage FROM pg_attribute WHERE attrelid = 'runs'::regclass "
-                        "AND attname IN ('config', 'summary_metrics', 'system_metrics', 'history_keys')"
+                        "SELECT attname, attstorage FROM pg_attribute WHERE attrelid IN "
+                        "('runs'::regclass, 'history_chunks'::regclass) AND attname IN "
+                        "('config', 'summary_metrics', 'system_metrics', 'history_keys', 'data')"
                     )
                 ).all()
             )
             options = conn.execute(
                 text("SELECT reloptions FROM pg_class WHERE oid = 'runs'::regclass")
             ).scalar_one()
-        assert storage == dict.fromkeys(storage, "e") and len(storage) == 4
+        assert storage == dict.fromkeys(storage, "e") and len(storage) == 5
         assert options == ["toast_tuple_target=128"]
         assert migrate.schema_differences(engine) == []
         with write_transaction(engine) as conn:

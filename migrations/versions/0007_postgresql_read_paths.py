@@ -19,6 +19,7 @@ PostgreSQL only; SQLite is left as it is.
   100,000 runs. Stored out of line (``STORAGE EXTERNAL``, moved there once a row passes 128
   bytes), the rows scanned are about 400 bytes; a run read whole fetches its documents by index.
   Existing rows are rewritten so that they move too (autovacuum reclaims the old versions).
+  History chunks are zstd frames too: new ones skip PostgreSQL's compression the same way.
 """
 
 from alembic import op
@@ -46,6 +47,7 @@ def upgrade() -> None:
     op.execute(LIVE_ORDER)
     op.execute(f"ALTER TABLE runs SET (toast_tuple_target = 128), {_storage('EXTERNAL')}")
     op.execute("UPDATE runs SET config = config || ''::bytea")
+    op.execute("ALTER TABLE history_chunks ALTER COLUMN data SET STORAGE EXTERNAL")
 
 
 def downgrade() -> None:
@@ -53,3 +55,4 @@ def downgrade() -> None:
         return
     op.execute("DROP INDEX ix_runs_live_order")
     op.execute(f"ALTER TABLE runs RESET (toast_tuple_target), {_storage('EXTENDED')}")
+    op.execute("ALTER TABLE history_chunks ALTER COLUMN data SET STORAGE EXTENDED")
