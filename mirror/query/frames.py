@@ -86,7 +86,7 @@ def _kept(
     if min_step is not None or max_step is not None:
         step_column = chunk.columns.get("_step")
         if step_column is not None and step_column.kind == "i" and step_column.mask is None:
-            steps = step_column.values
+            steps = step_column.unpacked().values
         else:  # rows without a whole _step: number them as the store does
             steps = np.fromiter(
                 (step for step, _ in number_rows(chunk.rows(["_step"]), span.first_step)),
