@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mirror.query.sampling import sample_indices
 from mirror.store import read as store_read
-from mirror.store.history import Chunk, number_rows
+from mirror.store.history import Chunk, Column, Packed, number_rows
 from mirror.store.read import ChunkSpan
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def _kept(
     if min_step is not None or max_step is not None:
         step_column = chunk.columns.get("_step")
         if step_column is not None and step_column.kind == "i" and step_column.mask is None:
-            steps = step_column.values
+            steps = step_column.unpacked().values
         else:  # rows without a whole _step: number them as the store does
             steps = np.fromiter(
                 (step for step, _ in number_rows(chunk.rows(["_step"]), span.first_step)),
@@ -166,6 +167,10 @@ def history_frame(
     )
 
 
+#: a run's rows from one chunk: the (lazily decoded) chunk and which of its rows, None for all
+Piece = tuple[Chunk, np.ndarray | None]
+
+
 def histories_frame(
     conn: Connection,
     runs: Sequence[tuple[int, str]],
@@ -178,20 +183,14 @@ def histories_frame(
 
     Runs without rows are left out (as W&B's ``histories`` does); columns are sorted, as
     W&B's are, so that the same call gives the same frame whatever the runs logged first.
-    Each column is concatenated once from the chunks' arrays (no frame per run, no aligning
-    concat), with the dtypes ``pd.concat`` of the runs' ``history()`` frames gives.
+    Chunks are decoded lazily on threads; then each column is allocated once, at its final
+    length and dtype (the one ``pd.concat`` of the runs' ``history()`` frames gives), and
+    every chunk's values are unpacked straight into their rows: no frame per run, no concat,
+    no copy of a value through an intermediate array.
     """
     import pandas as pd
 
-    columns = _columns(keys, x_axis)
-    by_run: dict[int, list[Piece]] = {}
-    chunks = store_read.iter_run_chunks(conn, [r for r, _ in runs], stream, os.cpu_count() or 1)
-    for run_row_id, span, chunk in chunks:
-        keep = _kept(span, chunk, keys)
-        data = chunk_arrays(span, chunk, keys, columns)
-        by_run.setdefault(run_row_id, []).append(
-            (chunk.n if keep is None else int(keep.sum()), data)
-        )
+    by_run = _run_pieces(conn, [r for r, _ in runs], stream, keys)
     pieces: list[Piece] = []
     names: list[str] = []
     counts: list[int] = []
@@ -199,50 +198,118 @@ def histories_frame(
         parts = by_run.pop(run_row_id, [])
         if samples is not None:
             parts = _sampled(parts, samples)
-        count = sum(n for n, _ in parts)
+        count = sum(_count(piece) for piece in parts)
         if count:
             pieces.extend(parts)
             names.append(run_name)
             counts.append(count)
     if not pieces:
         return pd.DataFrame()
-    keys_seen = dict.fromkeys(k for _, data in pieces for k in data)
-    frame = {key: _concatenated(pieces, key) for key in keys_seen}
-    frame["run_id"] = np.repeat(np.array(names, dtype=object), counts)
-    return pd.DataFrame({key: frame[key] for key in sorted(frame)})
+    frame: dict[str, Any] = _assembled(pieces, _columns(keys, x_axis))
+    frame["run_id"] = _run_ids(names, counts)
+    # copy=False: the arrays are fresh, so each stays a block of its own; consolidating them
+    # into one 2-D block per dtype would copy every value again
+    return pd.DataFrame({key: frame[key] for key in sorted(frame)}, copy=False)
 
 
-#: a run's rows from one chunk: how many, and their columns
-Piece = tuple[int, dict[str, np.ndarray]]
+def _workers() -> int:
+    return os.cpu_count() or 1
+
+
+def _run_pieces(
+    conn: Connection, run_ids: list[int], stream: str, keys: Sequence[str] | None
+) -> dict[int, list[Piece]]:
+    """Every chunk of the runs, by run, in step order, with the rows ``keys`` keep."""
+    by_run: dict[int, list[Piece]] = {}
+    chunks = store_read.iter_run_chunks(conn, run_ids, stream, _workers(), lazy=True)
+    for run_row_id, span, chunk in chunks:
+        keep = _kept(span, chunk, keys)
+        rows = None if keep is None else np.flatnonzero(keep)
+        by_run.setdefault(run_row_id, []).append((chunk, rows))
+    return by_run
+
+
+def _count(piece: Piece) -> int:
+    chunk, rows = piece
+    return chunk.n if rows is None else len(rows)
 
 
 def _sampled(parts: list[Piece], samples: int) -> list[Piece]:
     """The pieces of one run cut to ``sample_indices`` of its rows, as ``history()`` samples."""
-    wanted = np.asarray(sample_indices(sum(n for n, _ in parts), samples), dtype=np.int64)
+    wanted = np.asarray(sample_indices(sum(map(_count, parts)), samples), dtype=np.int64)
     out: list[Piece] = []
     offset = 0
-    for n, data in parts:
+    for chunk, rows in parts:
+        n = _count((chunk, rows))
         local = wanted[(wanted >= offset) & (wanted < offset + n)] - offset
-        out.append((len(local), {k: v[local] for k, v in data.items()}))
+        out.append((chunk, local if rows is None else rows[local]))
         offset += n
     return out
 
 
-def _concatenated(pieces: list[Piece], key: str) -> np.ndarray:
-    """One column over every piece, with the dtype ``pd.concat`` would give it: int64 when
-    every piece holds it as ints, float64 (NaN where absent) for numbers, else objects."""
-    arrays = [data.get(key) for _, data in pieces]
-    kinds = {a.dtype.kind for a in arrays if a is not None}
-    absent = any(a is None for a in arrays)
-    if kinds == {"i"} and not absent:
-        return np.concatenate(arrays)  # type: ignore[arg-type]
-    dtype: Any = np.float64 if kinds <= {"i", "f"} else object
-    return np.concatenate(
-        [
-            np.full(n, np.nan, dtype=dtype) if a is None else a.astype(dtype, copy=False)
-            for (n, _), a in zip(pieces, arrays, strict=True)
-        ]
+def _assembled(pieces: list[Piece], columns: Sequence[str] | None) -> dict[str, np.ndarray]:
+    """Every column over every piece, the columns filled on threads (numpy's copies let go
+    of the GIL, so the unpacking of two columns runs on two cores)."""
+    names = dict.fromkeys(
+        k for chunk, _ in pieces for k in chunk.columns if columns is None or k in columns
     )
+    offsets = np.cumsum([0, *map(_count, pieces)]).tolist()
+    with ThreadPoolExecutor(_workers()) as pool:
+        arrays = pool.map(lambda key: _column(pieces, offsets, key), names)
+        return dict(zip(names, arrays, strict=True))
+
+
+def _column(pieces: list[Piece], offsets: list[int], key: str) -> np.ndarray:
+    """One column over every piece, each piece's values unpacked into its rows."""
+    cols = [chunk.columns.get(key) for chunk, _ in pieces]
+    out = _allocated(cols, offsets[-1])
+    for (chunk, rows), col, start, stop in zip(pieces, cols, offsets, offsets[1:], strict=False):
+        if col is not None and stop > start:
+            _write(out[start:stop], col, chunk.n, rows)
+    return out
+
+
+def _allocated(cols: list[Column | None], total: int) -> np.ndarray:
+    """The column's array, with the dtype ``pd.concat`` would give it: int64 when every piece
+    holds it as ints, float64 (NaN where absent) for numbers, else objects; NaN-filled unless
+    every row will be written."""
+    kinds = {_kind(c) for c in cols if c is not None}
+    gaps = any(c is None or c.mask is not None for c in cols)
+    if kinds == {"i"} and not gaps:
+        return np.empty(total, dtype=np.int64)
+    if kinds <= {"i", "f"}:
+        return np.full(total, np.nan) if gaps else np.empty(total)
+    return np.full(total, np.nan, dtype=object)
+
+
+def _kind(col: Column) -> str:
+    """The dtype kind of the column's array in a chunk's frame (a masked int one is float)."""
+    if col.kind == "j":
+        return "O"
+    return "i" if col.kind == "i" and col.mask is None else "f"
+
+
+def _write(out: np.ndarray, col: Column, n: int, rows: np.ndarray | None) -> None:
+    """The column's values for ``rows`` of its chunk of ``n`` (None: all) into ``out``."""
+    if (
+        rows is None
+        and col.mask is None
+        and isinstance(col.values, Packed)
+        and out.dtype == col.values.dtype
+    ):
+        col.values.into(out)  # the common case: straight from the stored bytes
+        return
+    full = col.full(n)
+    out[:] = full if rows is None else full[rows]
+
+
+def _run_ids(names: list[str], counts: list[int]) -> Any:
+    """The ``run_id`` column: each name repeated, as the array type pandas infers for
+    strings (taking from it costs far less than inferring a million strings)."""
+    import pandas as pd
+
+    inferred = pd.Series(np.array(names, dtype=object)).array
+    return inferred.take(np.repeat(np.arange(len(names)), counts))
 
 
 def lookup(values: dict[str, Any], dotted: str) -> tuple[bool, Any]:

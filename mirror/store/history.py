@@ -27,7 +27,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -60,9 +60,44 @@ def _shuffled(values: np.ndarray) -> bytes:
     return np.ascontiguousarray(values.view(np.uint8).reshape(-1, 8).T).tobytes()
 
 
-def _unshuffled(buf: memoryview, dtype: str) -> np.ndarray:
-    planes = np.frombuffer(buf, dtype=np.uint8).reshape(8, -1)
-    return np.ascontiguousarray(planes.T).view(dtype).reshape(-1)
+@dataclass(frozen=True)
+class Packed:
+    """A numeric column's values as stored (byte planes, deltas), not yet unpacked.
+
+    A lazily decoded chunk hands these out so that a reader assembling many chunks into one
+    array unpacks each column straight into its place: one copy of every value, not one into
+    the chunk's array and another into the result.
+    """
+
+    buf: memoryview
+    dtype: str  # "<i8" or "<f8"
+    shuffled: bool
+    delta: bool
+
+    def __len__(self) -> int:
+        return len(self.buf) // 8
+
+    def into(self, out: np.ndarray) -> None:
+        """Unpack into ``out``: contiguous, of this dtype and length."""
+        if self.shuffled:
+            planes = np.frombuffer(self.buf, dtype=np.uint8).reshape(8, -1)
+            # plane by plane: eight long strided copies run 1.6x faster than one transposing
+            # copy, whose inner loop numpy runs over the eight bytes of each value
+            interleaved = out.view(np.uint8).reshape(-1, 8)
+            for i in range(8):
+                interleaved[:, i] = planes[i]
+        else:
+            out[:] = np.frombuffer(self.buf, self.dtype)
+        if self.delta:  # wraps around as the writer's deltas did
+            np.cumsum(out, out=out)
+
+    def array(self) -> np.ndarray:
+        """The values as an array (a read-only view of the buffer when nothing is packed)."""
+        if not self.shuffled and not self.delta:
+            return np.frombuffer(self.buf, self.dtype)
+        out = np.empty(len(self), self.dtype)
+        self.into(out)
+        return out
 
 
 @dataclass(frozen=True)
@@ -71,11 +106,19 @@ class Column:
 
     kind: str
     mask: np.ndarray | None
-    values: Any  # ndarray for i/f, list for j
+    values: Any  # ndarray for i/f (Packed in a lazily decoded chunk), list for j
     ints: np.ndarray | None = None  # for f: which present values were ints
+
+    def unpacked(self) -> Column:
+        """This column with its values as an array, whichever way its chunk was decoded."""
+        if isinstance(self.values, Packed):
+            return replace(self, values=self.values.array())
+        return self
 
     def full(self, n: int) -> np.ndarray:
         """The column as ``n`` values, missing ones NaN (what pandas builds from row dicts)."""
+        if isinstance(self.values, Packed):
+            return self.unpacked().full(n)
         if self.kind == "j":
             out = np.empty(n, dtype=object)
             out[:] = np.nan
@@ -119,6 +162,7 @@ class Chunk:
 
 
 def _python_values(col: Column) -> list[Any]:
+    col = col.unpacked()
     if col.kind == "j":
         return col.values
     values = col.values.tolist()
@@ -202,8 +246,12 @@ def _column_kind(values: list[Any]) -> tuple[str, np.ndarray | None]:
     return "f", ints
 
 
-def decode(data: bytes) -> Chunk:
-    """Unpack a chunk written by :func:`encode`."""
+def decode(data: bytes, lazy: bool = False) -> Chunk:
+    """Unpack a chunk written by :func:`encode`.
+
+    With ``lazy``, numeric columns keep their values :class:`Packed` (for a reader that
+    unpacks them into arrays of its own); presence masks and JSON columns are read either way.
+    """
     raw = _zstd()[1].decompress(data) if data[:4] == _ZSTD_MAGIC else zlib.decompress(data)
     (head_len,) = struct.unpack_from("<I", raw)
     head = json.loads(raw[4 : 4 + head_len])
@@ -214,28 +262,28 @@ def decode(data: bytes) -> Chunk:
         mask = None
         count = n
         if "m" in entry:
-            start, length = entry["m"]
-            mask = np.unpackbits(np.frombuffer(body[start : start + length], dtype=np.uint8))[
-                :n
-            ].astype(bool)
+            mask = _bits(body, entry["m"], n)
             count = int(mask.sum())
         start, length = entry["v"]
         buf = body[start : start + length]
         ints = None
         if entry["t"] in ("i", "f"):
             dtype = "<i8" if entry["t"] == "i" else "<f8"
-            values: Any = _unshuffled(buf, dtype) if "s" in entry else np.frombuffer(buf, dtype)
-            if "d" in entry:
-                values = np.cumsum(values, dtype="<i8")
+            packed = Packed(buf, dtype, "s" in entry, "d" in entry)
+            values: Any = packed if lazy else packed.array()
             if "n" in entry:
-                s, ln = entry["n"]
-                ints = np.unpackbits(np.frombuffer(body[s : s + ln], dtype=np.uint8))[
-                    :count
-                ].astype(bool)
+                ints = _bits(body, entry["n"], count)
         else:
             values = _json_column(bytes(buf))
         columns[entry["k"]] = Column(entry["t"], mask, values, ints)
     return Chunk(n, columns)
+
+
+def _bits(body: memoryview, span: list[int], count: int) -> np.ndarray:
+    """A packed bitmap of ``count`` flags, as booleans."""
+    start, length = span
+    bits = np.unpackbits(np.frombuffer(body[start : start + length], dtype=np.uint8))
+    return bits[:count].astype(bool)
 
 
 def _json_column(text: bytes) -> list[Any]:

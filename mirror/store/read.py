@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, RowMapping, and_, or_, select
@@ -130,14 +131,19 @@ def iter_rows(
 
 
 def iter_run_chunks(
-    conn: Connection, run_ids: Sequence[int], stream: str = "history", workers: int = 1
+    conn: Connection,
+    run_ids: Sequence[int],
+    stream: str = "history",
+    workers: int = 1,
+    lazy: bool = False,
 ) -> Iterator[tuple[int, ChunkSpan, codec.Chunk]]:
     """``(run id, span, chunk)`` for many runs' chunks, a few hundred runs a statement and
     each run's in step order: one pass for a listing's history, not one query per run.
 
     With ``workers`` > 1, that many chunks are decoded at once on threads: inflating is most
-    of the work, and zlib lets go of the GIL while it inflates.
+    of the work, and zstd lets go of the GIL while it inflates. ``lazy`` is ``decode``'s.
     """
+    decode = partial(codec.decode, lazy=lazy)
     c = history_chunks.c
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for start in range(0, len(run_ids), 500):
@@ -149,7 +155,7 @@ def iter_run_chunks(
             )
             result = conn.execute(query)
             while rows := result.fetchmany(2 * max(1, workers)):
-                decoded = pool.map(codec.decode, [row.data for row in rows])
+                decoded = pool.map(decode, [row.data for row in rows])
                 for row, chunk in zip(rows, decoded, strict=True):
                     span = ChunkSpan(row.id, row.first_step, row.last_step, row.row_count)
                     yield row.run_id, span, chunk

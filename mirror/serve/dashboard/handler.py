@@ -34,6 +34,9 @@ PREFIXES = ("/projects/", "/static/", "/data/")
 HTML = "text/html; charset=utf-8"
 #: smaller bodies are not worth compressing
 _GZIP_FROM = 1024
+#: level 1: a first chart's 224 KB of series JSON in 3.5 ms instead of 12.9 ms at level 5, for
+#: 4% more bytes (104 KB against 100 KB); pages and series are compressed on every request
+_GZIP_LEVEL = 1
 
 Response = tuple[int, list[tuple[str, str]], bytes, str]
 
@@ -89,7 +92,7 @@ class Dashboard:
         else:
             headers.append(("Cache-Control", "no-store"))
         if "gzip" in (environ.get("HTTP_ACCEPT_ENCODING") or "") and len(body) >= _GZIP_FROM:
-            body = packed if packed is not None else gzip.compress(body, 5)
+            body = packed if packed is not None else gzip.compress(body, _GZIP_LEVEL)
             headers.append(("Content-Encoding", "gzip"))
         return status, headers, body, ""
 

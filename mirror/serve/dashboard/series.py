@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import Connection, func, select
 
-from mirror.store.history import Chunk, Column, number_rows
+from mirror.store.history import Chunk, Column, Packed, number_rows
 from mirror.store.models import history_chunks
 from mirror.store.read import ChunkSpan, iter_run_chunks
 
@@ -53,6 +53,7 @@ def _numeric(column: Column | None, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``(present, values)`` of a column: where it holds a number (not a bool), as float64."""
     if column is None:
         return np.zeros(n, dtype=bool), np.full(n, np.nan)
+    column = column.unpacked()
     if column.kind in ("i", "f"):
         present = np.ones(n, dtype=bool) if column.mask is None else column.mask
         values = np.full(n, np.nan)
@@ -72,9 +73,40 @@ def _steps(span: ChunkSpan, chunk: Chunk) -> np.ndarray:
     """Each row's step, as the store numbers rows."""
     column = chunk.columns.get("_step")
     if column is not None and column.kind == "i" and column.mask is None:
-        return column.values.astype(np.float64)
+        return column.unpacked().values.astype(np.float64)
     rows = chunk.rows(["_step"])
     return np.fromiter((s for s, _ in number_rows(rows, span.first_step)), np.float64, chunk.n)
+
+
+#: a run's stored chunks, each decoded lazily, and the row each starts at (one more: the end)
+Pieces = tuple[list[tuple[ChunkSpan, Chunk]], list[int]]
+
+
+def _gathered(pieces: Pieces, key: str, numbered: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(present, values)`` of one key over the whole run, as float64 (``numbered``: the
+    rows' steps, as the store numbers them, for ``_step`` on the x axis).
+
+    A float column every row of a chunk holds (the common case) is unpacked straight into its
+    rows; others go through ``_numeric``. Only the keys asked for are unpacked at all.
+    """
+    chunks, offsets = pieces
+    present = np.ones(offsets[-1], dtype=bool)
+    values = np.empty(offsets[-1])
+    for (span, chunk), start, stop in zip(chunks, offsets, offsets[1:], strict=False):
+        if numbered:
+            values[start:stop] = _steps(span, chunk)
+            continue
+        column = chunk.columns.get(key)
+        if (
+            column is not None
+            and column.kind == "f"
+            and column.mask is None
+            and isinstance(column.values, Packed)
+        ):
+            column.values.into(values[start:stop])
+            continue
+        present[start:stop], values[start:stop] = _numeric(column, chunk.n)
+    return present, values
 
 
 def _finish(xs: np.ndarray, x_ok: np.ndarray, present: np.ndarray, ys: np.ndarray) -> Series:
@@ -103,28 +135,21 @@ def _finish(xs: np.ndarray, x_ok: np.ndarray, present: np.ndarray, ys: np.ndarra
 def read_series(
     conn: Connection, run_id: int, keys: Sequence[str], x_key: str
 ) -> dict[str, Series]:
-    """Every drawable point of ``keys`` over ``x_key`` in a run's history: one read of it."""
-    x_parts: list[tuple[np.ndarray, np.ndarray]] = []
-    y_parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {key: [] for key in keys}
-    for _run, span, chunk in iter_run_chunks(conn, [run_id], "history", os.cpu_count() or 1):
-        if x_key == "_step":
-            x_parts.append((np.ones(chunk.n, dtype=bool), _steps(span, chunk)))
-        else:
-            x_parts.append(_numeric(chunk.columns.get(x_key), chunk.n))
-        for key in keys:
-            y_parts[key].append(_numeric(chunk.columns.get(key), chunk.n))
-    if not x_parts:
+    """Every drawable point of ``keys`` over ``x_key`` in a run's history: one read of it,
+    unpacking only the columns drawn."""
+    chunks = [
+        (span, chunk)
+        for _run, span, chunk in iter_run_chunks(
+            conn, [run_id], "history", os.cpu_count() or 1, lazy=True
+        )
+    ]
+    if not chunks:
         empty = Series(np.empty(0), np.empty(0), 0, 0, 0)
         return dict.fromkeys(keys, empty)
-    x_present = np.concatenate([p for p, _ in x_parts])
-    xs = np.concatenate([v for _, v in x_parts])
+    pieces = (chunks, np.cumsum([0, *(chunk.n for _, chunk in chunks)]).tolist())
+    x_present, xs = _gathered(pieces, x_key, numbered=x_key == "_step")
     x_ok = x_present & np.isfinite(xs)
-    out = {}
-    for key in keys:
-        present = np.concatenate([p for p, _ in y_parts[key]])
-        ys = np.concatenate([v for _, v in y_parts[key]])
-        out[key] = _finish(xs, x_ok, present, ys)
-    return out
+    return {key: _finish(xs, x_ok, *_gathered(pieces, key)) for key in keys}
 
 
 def history_state(conn: Connection, run_id: int) -> tuple[tuple[int, ...], ...]:
