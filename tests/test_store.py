@@ -269,7 +269,8 @@ def test_long_texts_are_indexed_and_compared_whole(db_engine) -> None:
     from mirror.query.filters import parse_filter, parse_order
     from mirror.query.sql import count_query, runs_query
 
-    shared = base64.b64encode(os.urandom(15_000)).decode() + "-"
+    # "long-" first: the random rest must not decide whether "short" sorts after it
+    shared = "long-" + base64.b64encode(os.urandom(15_000)).decode() + "-"
     texts = {"r1": shared + "a", "r2": shared + "b", "r3": shared, "r4": "short"}
     nodes = [
         node(name, displayName=value, config=json.dumps({"s": {"value": value}}))
