@@ -30,6 +30,7 @@ import json
 import math
 import re
 from enum import IntEnum
+from json.encoder import c_make_encoder, encode_basestring
 from typing import Any
 
 from mirror.store.models import NODE_COLUMNS
@@ -82,10 +83,29 @@ def loads(text: str | None, default: Any = None) -> Any:
 #: ``json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=True)``, with the
 #: encoder made once rather than on every call
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+#: the C encoder ``_ENCODER.encode`` builds afresh on every call, built once: a run's write
+#: encodes about ten values, and building it costs as much as encoding a small one. Without a
+#: circular-reference check, so that it holds no state between calls (threads may share it).
+_C_ENCODER = (
+    None
+    if c_make_encoder is None
+    else c_make_encoder(
+        None, _ENCODER.default, encode_basestring, None, ":", ",", False, False, True
+    )
+)
 
 
 def dumps(value: Any) -> str:
-    """Serialise to compact JSON, keeping NaN/Infinity tokens and non-ASCII text as is."""
+    """Serialise to compact JSON, keeping NaN/Infinity tokens and non-ASCII text as is.
+
+    A value the C encoder refuses (a circular one, an unknown type) is encoded again the
+    standard way, which raises the standard library's own error for it.
+    """
+    if _C_ENCODER is not None:
+        try:
+            return "".join(_C_ENCODER(value, 0))
+        except (TypeError, ValueError, RecursionError):
+            pass
     return _ENCODER.encode(value)
 
 

@@ -9,6 +9,7 @@ in its run's list, which makes the clustered key ``(run_id, key_id, seq)`` uniqu
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select
@@ -75,16 +76,16 @@ def write_index(
 
 
 def _insert(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert index rows in the value index's order (key, kind, value): each insert then lands
+    """Insert index rows grouped by key, the value index's first column: each insert then lands
     beside the previous one in that B-tree, where rows in run order would land all over it
-    (10-20% less time; the table itself is ordered by run, and new runs go at its end)."""
-    rows.sort(key=_index_order)
+    (10-20% less time; the table itself is ordered by run, and new runs go at its end). Sorting
+    by the whole index key as well saves no more than it costs in Python (an integer key sorts
+    at C speed, a tuple built per row takes three times as long)."""
+    rows.sort(key=_KEY_ID)
     insert_rows(conn, run_fields, COLUMNS, rows)
 
 
-def _index_order(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    num = row[5]
-    return row[1], row[4], num is not None, num or 0.0, row[6] or ""
+_KEY_ID = itemgetter(1)
 
 
 def reindex(conn: Connection, project_id: int, run_ids: Sequence[int]) -> None:
