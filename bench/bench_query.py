@@ -18,7 +18,8 @@ and every query is timed on both, side by side, against the same mongomock figur
 then hold for each database.
 
 Usage: ``.venv/bin/python bench/bench_query.py [--runs 100000] [--repeat 7]
-[--postgresql postgresql+psycopg://USER@HOST/DB]``. Exits non-zero when a target fails.
+[--postgresql postgresql+psycopg://USER@HOST/DB]`` (``--db URL`` says the same). Exits non-zero
+when a target fails.
 """
 
 from __future__ import annotations
@@ -253,13 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--db",
-        type=Path,
-        help="time the mirror on this copy of the seeded file (e.g. with a trial index)",
+        help="time the mirror on this copy of the seeded file (e.g. with a trial index); a "
+        "PostgreSQL URL here means --postgresql URL",
     )
     parser.add_argument(
         "--postgresql", metavar="URL", help="also time the same project in this PostgreSQL database"
     )
     args = parser.parse_args(argv)
+    if args.db and args.db.startswith(("postgresql", "postgres:")):
+        args.postgresql, args.db = args.postgresql or args.db, None
 
     print(f"machine: {machine()}")
     path = out_path(f"query_{args.runs}_{args.seed}.db")
