@@ -26,37 +26,28 @@ matches them all, and the index is searched for the texts that matched, so a pat
 most one RE2 pass over distinct values, not a Python call per row. PostgreSQL cannot call
 Python from SQL and its own regular expressions are not RE2, so there the distinct texts are
 read and matched just before the statement runs, and the statement tests ``= ANY`` of those
-that matched (:func:`_match_before_execution`). Everything else is the same SQL on both; the
-texts it compares are byte-ordered on both (``mirror.store.texts``).
+that matched. The constructs written per database are ``mirror.store.dialect_sql``'s;
+everything else is the same SQL on both, and the texts it compares are byte-ordered on both
+(``mirror.store.texts``).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
-    ClauseElement,
     ColumnElement,
     CompoundSelect,
     Connection,
-    Engine,
     RowMapping,
     Select,
-    Text,
     and_,
-    any_,
-    bindparam,
     case,
-    event,
     false,
     func,
     intersect,
-    literal_column,
     not_,
     or_,
     select,
@@ -64,24 +55,23 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.pool import Pool
 from sqlalchemy.sql.elements import KeyedColumnElement
-from sqlalchemy.sql.visitors import InternalTraversal, iterate
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from mirror.query import regex
 from mirror.query.filters import And, Compare, Exists, In, Node, Not, Or, Order, Regex, Size
+from mirror.store.dialect_sql import (
+    COMPARISONS,
+    Matching,
+    OneOf,
+    PerDialect,
+    TextCompare,
+    const,
+    use_matchers,
+)
 from mirror.store.fields import MAX_INDEXED_ARRAY, RUN_ATTRIBUTES, Kind, typed
 from mirror.store.models import field_keys, run_fields, runs
 from mirror.store.read import iter_runs
-from mirror.store.texts import INDEXED_CHARS, indexed_prefix
-
-_OPS = {
-    "eq": lambda c, v: c == v,
-    "gt": lambda c, v: c > v,
-    "gte": lambda c, v: c >= v,
-    "lt": lambda c, v: c < v,
-    "lte": lambda c, v: c <= v,
-}
 
 #: id sets per compound SELECT, and clauses per parenthesised AND/OR
 _PIECE = 50
@@ -91,8 +81,6 @@ _LEVELS = 4
 _SHORT_LIST = 50
 #: filters with more leaves than this are compiled afresh each time, not cached
 _CACHED_LEAVES = 100
-#: the SQLite function that matches distinct texts with RE2 (registered on every connection)
-_REGEX_FUNCTION = "mirror_regex_matches"
 
 Ids = Select | CompoundSelect
 
@@ -155,10 +143,15 @@ def _column_order(order: Order) -> list[ColumnElement[Any]]:
     return [column.asc().nulls_first()]
 
 
-def _const(value: int) -> ColumnElement[Any]:
-    """An integer of the mirror's own (project id, type bracket) written into the SQL, where it
-    costs none of the statement's limited parameters (never a value from a filter)."""
-    return literal_column(str(int(value)))
+def _matching(column: ColumnElement[Any], pattern: str, texts: Select) -> Matching:
+    """A ``$regex`` test of ``column`` against the texts ``texts`` selects, with the pattern's
+    GLOB form for the database to decide what it can (:class:`mirror.store.dialect_sql.Matching`)."""
+    glob = regex.as_glob(pattern)
+    posix = regex.glob_as_posix("*" if glob is None else glob.pattern)
+    return Matching(column, pattern, texts, glob, posix)
+
+
+use_matchers(regex.matching, regex.matching_texts)
 
 
 class _Compiler:
@@ -169,7 +162,7 @@ class _Compiler:
         self._key_ids: dict[str, ColumnElement[Any]] = {}
 
     def scope(self) -> list[ColumnElement[bool]]:
-        return [runs.c.project_id == _const(self.project_id), runs.c.deleted_at.is_(None)]
+        return [runs.c.project_id == const(self.project_id), runs.c.deleted_at.is_(None)]
 
     def where(self, node: Node, level: int = 0) -> ColumnElement[bool]:
         """``node`` as a condition on ``runs``; ``level`` counts the logical levels written
@@ -190,8 +183,8 @@ class _Compiler:
             # itself, the match lets it walk the order's index and stop at a page.
             assert isinstance(node, Regex)
             column = runs.c[RUN_ATTRIBUTES[node.path]]
-            own = _Matching(column, node.pattern, self._column_texts(column))
-            return _PerDialect((runs.c.id + _const(0)).in_(rows), postgresql=_present(column, own))
+            own = _matching(column, node.pattern, self._column_texts(column))
+            return PerDialect((runs.c.id + const(0)).in_(rows), postgresql=_present(column, own))
         if rows is not None:
             return runs.c.id.in_(rows)
         if node.path in RUN_ATTRIBUTES:
@@ -203,9 +196,7 @@ class _Compiler:
         if path not in self._key_ids:
             self._key_ids[path] = (
                 select(field_keys.c.id)
-                .where(
-                    field_keys.c.project_id == _const(self.project_id), field_keys.c.path == path
-                )
+                .where(field_keys.c.project_id == const(self.project_id), field_keys.c.path == path)
                 .scalar_subquery()
             )
         return self._key_ids[path]
@@ -214,7 +205,7 @@ class _Compiler:
         """The ids of the project's runs meeting ``node``, as a common table expression: listed
         beside the statement, not nested in it."""
         body = select(runs.c.id.label("run_id")).where(
-            runs.c.project_id == _const(self.project_id), self.where(node)
+            runs.c.project_id == const(self.project_id), self.where(node)
         )
         return select(body.cte().c.run_id)
 
@@ -277,7 +268,7 @@ class _Compiler:
                 groups.setdefault((int(kind), "txt"), set()).add(txt)
         for (kind, name), members in groups.items():
             column = run_fields.c[name]
-            kind_test = [run_fields.c.kind == _const(kind), *_pinned(kind)]
+            kind_test = [run_fields.c.kind == const(kind), *_pinned(kind)]
             held = self.rows(path, *kind_test, _one_of(column, list(members)))
             if len(members) > 1:
                 held = held.group_by(run_fields.c.run_id)
@@ -330,7 +321,7 @@ class _Compiler:
         The index cannot tell such an array from an array *element* of one, so an array nested
         in an array reached that way counts too (documented as a limit).
         """
-        array = [run_fields.c.kind == _const(int(Kind.ARRAY)), run_fields.c.num == node.size]
+        array = [run_fields.c.kind == const(int(Kind.ARRAY)), run_fields.c.num == node.size]
         if node.path.count(".") < 2:  # directly below config or summary: nothing to reach through
             return [run_fields.c.elem == 0, *array]
         values = run_fields.alias("own_values")
@@ -350,32 +341,32 @@ class _Compiler:
 
     def _null(self, path: str) -> ColumnElement[bool]:
         """``{path: null}``: missing, or null (an array's null element too)."""
-        null = run_fields.c.kind == _const(int(Kind.NULL))
+        null = run_fields.c.kind == const(int(Kind.NULL))
         return or_(not_(self.has(path)), self.has(path, null))
 
     def _regex_test(self, node: Regex) -> list[ColumnElement[bool]]:
         """Index-row conditions for a text at the regex's path that the pattern is found in."""
         texts = run_fields.alias("regex_texts")
-        string = _const(int(Kind.STRING))
+        string = const(int(Kind.STRING))
         distinct = select(texts.c.txt).where(
             texts.c.key_id == self.key_id(node.path), texts.c.kind == string, texts.c.num.is_(None)
         )
-        matching = _Matching(run_fields.c.txt, node.pattern, distinct)
+        matching = _matching(run_fields.c.txt, node.pattern, distinct)
         return [run_fields.c.kind == string, *_pinned(Kind.STRING), matching]
 
     def _column_regex(self, column: str, pattern: str) -> Select:
         """The ids of runs whose ``column`` RE2 finds ``pattern`` in: a set read from the
         column's index when it has one (``display_name``), so no run row is visited."""
         other = runs.alias("regex_runs")
-        matching = _Matching(other.c[column], pattern, self._column_texts(other.c[column]))
-        return select(other.c.id).where(other.c.project_id == _const(self.project_id), matching)
+        matching = _matching(other.c[column], pattern, self._column_texts(other.c[column]))
+        return select(other.c.id).where(other.c.project_id == const(self.project_id), matching)
 
     def _column_texts(self, column: KeyedColumnElement[Any]) -> Select:
         """The texts a regex on a ``runs`` column (of the table or an alias) is matched
         against: the column's values in this project."""
         table = runs.alias("regex_texts")
         return select(table.c[column.key]).where(
-            table.c.project_id == _const(self.project_id), table.c[column.key].is_not(None)
+            table.c.project_id == const(self.project_id), table.c[column.key].is_not(None)
         )
 
     def order(self, order: Order) -> tuple[Any, list[ColumnElement[Any]]]:
@@ -471,7 +462,7 @@ def _column_leaf(column: KeyedColumnElement[Any], node: Node) -> ColumnElement[b
     if isinstance(node, Compare):
         if not isinstance(node.value, str):
             return false()
-        test = _OPS[node.op](column, node.value)
+        test = COMPARISONS[node.op](column, node.value)
     elif isinstance(node, In):
         texts = [v for v in node.values if isinstance(v, str)]
         test = _one_of(column, texts) if texts else false()
@@ -557,16 +548,16 @@ def _joined(tests: list[ColumnElement[bool]], every: bool) -> ColumnElement[bool
 def _value_test(op: str, value: Any) -> list[ColumnElement[bool]]:
     """Index-row conditions for ``<row> op value`` within ``value``'s type bracket (not null)."""
     kind, num, txt = typed(value)
-    test = [run_fields.c.kind == _const(int(kind))]
+    test = [run_fields.c.kind == const(int(kind))]
     if kind in (Kind.NUMBER, Kind.BOOL):
         if num is None:  # NaN: equal to itself only (the parser turned NaN bounds into eq)
             test.append(run_fields.c.num.is_(None))
         else:
-            test.append(_OPS[op](run_fields.c.num, num))
+            test.append(COMPARISONS[op](run_fields.c.num, num))
     elif kind is Kind.ARRAY:  # an equal array has the same length: the index's next column
-        test += [run_fields.c.num == num, _Text("eq", txt)]
+        test += [run_fields.c.num == num, TextCompare("eq", txt)]
     else:
-        test += [*_pinned(kind), _Text(op, txt)]
+        test += [*_pinned(kind), TextCompare(op, txt)]
     return test
 
 
@@ -589,61 +580,21 @@ def _membership(values: tuple[Any, ...]) -> ColumnElement[bool]:
         else:
             groups.setdefault((int(kind), "txt"), []).append(txt)
     for (kind, column), members in groups.items():
-        kind_test = [run_fields.c.kind == _const(kind), *_pinned(kind)]
+        kind_test = [run_fields.c.kind == const(kind), *_pinned(kind)]
         tests.append(and_(*kind_test, _one_of(run_fields.c[column], members)))
     return _joined(tests, False) if tests else false()
 
 
 def _one_of(column: ColumnElement[Any], values: list[Any]) -> ColumnElement[bool]:
-    """``column IN values``; a long list as one JSON parameter (see :class:`_OneOf`); on the
+    """``column IN values``; a long list as one JSON parameter (see :class:`mirror.store.dialect_sql.OneOf`); on the
     field index's texts with the prefix its PostgreSQL index holds."""
     unique = list(dict.fromkeys(values))
     indexed_text = column is run_fields.c.txt
     if len(unique) == 1:
-        return _Text("eq", unique[0]) if indexed_text else column == unique[0]
+        return TextCompare("eq", unique[0]) if indexed_text else column == unique[0]
     if len(unique) <= _SHORT_LIST and not indexed_text:
         return column.in_(unique)
-    return _OneOf(column, unique, short=len(unique) <= _SHORT_LIST, prefixed=indexed_text)
-
-
-#: a comparison of texts → the comparison their prefixes then meet (cutting keeps the order)
-_PREFIX_OPS = {"eq": "eq", "gt": "gte", "gte": "gte", "lt": "lte", "lte": "lte"}
-
-
-def _indexed_prefix(column: ColumnElement[Any]) -> ColumnElement[Any]:
-    """The indexed expression of ``column`` on PostgreSQL, ``left(column, 600)``, written as
-    its index is, with the length in the SQL (a parameter would not match the index)."""
-    return func.left(column, _const(INDEXED_CHARS))
-
-
-class _Text(ColumnElement[bool]):
-    """``run_fields.txt <op> value``: on PostgreSQL also the same bound on the text's prefix,
-    which is what its index holds (``mirror.store.texts.PREFIX_INDEXES``), so the index finds
-    the rows and the whole text decides; elsewhere the plain comparison."""
-
-    inherit_cache = True
-    _traverse_internals = [
-        ("op", InternalTraversal.dp_string),
-        ("value", InternalTraversal.dp_clauseelement),
-        ("prefix", InternalTraversal.dp_clauseelement),
-    ]
-
-    def __init__(self, op: str, value: str) -> None:
-        self.op = op
-        self.value = bindparam(None, value, type_=run_fields.c.txt.type)
-        self.prefix = bindparam(None, indexed_prefix(value), type_=Text())
-
-
-@compiles(_Text)
-def _text_default(element: _Text, compiler: Any, **kw: Any) -> str:
-    return compiler.process(_OPS[element.op](run_fields.c.txt, element.value), **kw)
-
-
-@compiles(_Text, "postgresql")
-def _text_postgresql(element: _Text, compiler: Any, **kw: Any) -> str:
-    column = run_fields.c.txt
-    prefix = _OPS[_PREFIX_OPS[element.op]](_indexed_prefix(column), element.prefix)
-    return compiler.process(and_(prefix, _OPS[element.op](column, element.value)), **kw)
+    return OneOf(column, unique, short=len(unique) <= _SHORT_LIST, prefixed=indexed_text)
 
 
 def _present(column: KeyedColumnElement[Any], test: ColumnElement[bool]) -> ColumnElement[bool]:
@@ -666,39 +617,6 @@ def _compile_grouped(element: _Grouped, compiler: Any, **kw: Any) -> str:
     return f"({compiler.process(element.condition, **kw)})"
 
 
-class _PerDialect(ColumnElement[bool]):
-    """One condition in two forms: ``postgresql`` on PostgreSQL, ``default`` elsewhere.
-
-    Its children, for traversals, are the PostgreSQL form's only: the one traversal that looks
-    inside (:func:`_match_before_execution`) runs for PostgreSQL, and must not read the texts of
-    a form that is not sent.
-    """
-
-    inherit_cache = True
-    _traverse_internals = [
-        ("default", InternalTraversal.dp_clauseelement),
-        ("postgresql", InternalTraversal.dp_clauseelement),
-    ]
-
-    def __init__(self, default: ColumnElement[bool], postgresql: ColumnElement[bool]) -> None:
-        self.default = default
-        self.postgresql = postgresql
-
-    def get_children(self, **kw: Any) -> list[ColumnElement[bool]]:
-        """The PostgreSQL form (see the class)."""
-        return [self.postgresql]
-
-
-@compiles(_PerDialect)
-def _per_dialect_default(element: _PerDialect, compiler: Any, **kw: Any) -> str:
-    return f"({compiler.process(element.default, **kw)})"
-
-
-@compiles(_PerDialect, "postgresql")
-def _per_dialect_postgresql(element: _PerDialect, compiler: Any, **kw: Any) -> str:
-    return f"({compiler.process(element.postgresql, **kw)})"
-
-
 class _Uncached(ColumnElement[bool]):
     """A condition SQLAlchemy compiles each time: not cacheable, so computing the statement's
     cache key stops here instead of walking thousands of subqueries."""
@@ -716,220 +634,3 @@ class _Uncached(ColumnElement[bool]):
 @compiles(_Uncached)
 def _compile_uncached(element: _Uncached, compiler: Any, **kw: Any) -> str:
     return compiler.process(element.condition, **kw)
-
-
-class _OneOf(ColumnElement[bool]):
-    """``column IN (values)`` for a long list: on SQLite one JSON parameter read by
-    ``json_each``, on PostgreSQL ``= ANY`` of one array parameter, elsewhere the usual expanding
-    ``IN``.
-
-    Untyped, not Boolean, like :class:`_Matching`: SQLAlchemy would write a Boolean element as
-    ``(...) = 1`` on SQLite, which hides the ``IN`` from the planner.
-    """
-
-    inherit_cache = True
-    _traverse_internals = [
-        ("column", InternalTraversal.dp_clauseelement),
-        ("listed", InternalTraversal.dp_clauseelement),
-        ("as_json", InternalTraversal.dp_clauseelement),
-        ("as_array", InternalTraversal.dp_clauseelement),
-        ("short", InternalTraversal.dp_boolean),
-        ("prefixed", InternalTraversal.dp_boolean),
-        ("prefixes", InternalTraversal.dp_clauseelement),
-    ]
-
-    def __init__(
-        self, column: ColumnElement[Any], values: list[Any], short: bool, prefixed: bool
-    ) -> None:
-        self.column = column
-        self.short = short
-        self.prefixed = prefixed
-        self.listed = bindparam(None, values, expanding=True, type_=column.type)
-        self.as_json = bindparam(None, None if short else json.dumps(values, ensure_ascii=False))
-        self.as_array = bindparam(None, values, type_=ARRAY(column.type))
-        prefixes = list(dict.fromkeys(map(indexed_prefix, values))) if prefixed else None
-        self.prefixes = bindparam(None, prefixes, type_=ARRAY(Text()))
-
-
-@compiles(_OneOf)
-def _one_of_default(element: _OneOf, compiler: Any, **kw: Any) -> str:
-    return compiler.process(element.column.in_(element.listed), **kw)
-
-
-@compiles(_OneOf, "postgresql")
-def _one_of_postgresql(element: _OneOf, compiler: Any, **kw: Any) -> str:
-    """One array parameter: one plan whatever the list's length, and no parameter limit; on
-    the field index's texts, their indexed prefixes too (see :class:`_Text`)."""
-    test = element.column == any_(element.as_array)
-    if element.prefixed:
-        test = and_(_indexed_prefix(element.column) == any_(element.prefixes), test)
-    return compiler.process(test, **kw)
-
-
-@compiles(_OneOf, "sqlite")
-def _one_of_sqlite(element: _OneOf, compiler: Any, **kw: Any) -> str:
-    if element.short:
-        return compiler.process(element.column.in_(element.listed), **kw)
-    values = func.json_each(element.as_json).table_valued("value")
-    return compiler.process(element.column.in_(select(values.c.value)), **kw)
-
-
-class _Matching(ColumnElement[bool]):
-    """``column`` holds one of the texts ``texts`` selects (one column, the texts at the path) in
-    which RE2 finds ``pattern``.
-
-    On SQLite the pattern's GLOB form (:func:`mirror.query.regex.as_glob`) is tried first, in C:
-    when exact it decides the texts without a newline (or all), otherwise it picks candidates.
-    The distinct texts left to decide are gathered into one JSON array, matched by one call of
-    :func:`mirror.query.regex.matching_texts`, and looked up in what comes back. Texts holding a
-    NUL, which GLOB and ``json_each`` cut short, travel as hex, when there are any.
-
-    Elsewhere (PostgreSQL) the database's own regular expressions are not RE2 (``\\b``, ``.``
-    and newlines, ``\\pL``, named groups differ), and a database function cannot call Python.
-    So the GLOB form, written as the database's regular expression
-    (:func:`mirror.query.regex.glob_as_posix`, ``posix``), decides in the database the texts it
-    is exact for, or picks the candidates, and the statement is completed just before it runs
-    (:func:`_match_before_execution`): the distinct texts left to decide (``candidates``: those
-    holding an escape, see ``mirror.store.texts``, or a newline where that matters, or all when
-    there is no GLOB form) are read on the same connection, matched in one
-    :func:`mirror.query.regex.matching` call, and bound as ``matched``, one array parameter, for
-    ``column = ANY(matched)`` (with their indexed prefixes, ``matched_prefixes``).
-    """
-
-    inherit_cache = True
-    _traverse_internals = [
-        ("column", InternalTraversal.dp_clauseelement),
-        ("pattern", InternalTraversal.dp_clauseelement),
-        ("glob", InternalTraversal.dp_clauseelement),
-        ("exact", InternalTraversal.dp_boolean),
-        ("across_lines", InternalTraversal.dp_boolean),
-        ("texts", InternalTraversal.dp_clauseelement),
-        ("with_nul", InternalTraversal.dp_clauseelement),
-        ("candidates", InternalTraversal.dp_clauseelement),
-        ("posix", InternalTraversal.dp_clauseelement),
-        ("plain", InternalTraversal.dp_clauseelement),
-        ("matched", InternalTraversal.dp_clauseelement),
-        ("matched_prefixes", InternalTraversal.dp_clauseelement),
-    ]
-
-    def __init__(self, column: ColumnElement[Any], pattern: str, texts: Select) -> None:
-        self.column = column
-        self.pattern = bindparam(None, pattern)
-        self.matched = bindparam(None, [], type_=ARRAY(column.type))
-        self.matched_prefixes = bindparam(None, [], type_=ARRAY(Text()))
-        glob = regex.as_glob(pattern)
-        self.exact = glob is not None and glob.exact
-        self.across_lines = glob is not None and glob.across_lines
-        self.glob = bindparam(None, "*" if glob is None else glob.pattern)
-        self.posix = bindparam(None, regex.glob_as_posix(self.glob.value), type_=Text())
-        text = texts.selected_columns[0]
-        self.plain = _plain_for_posix(column, self.across_lines)
-        if self.exact:
-            texts_left = texts.where(~_plain_for_posix(text, self.across_lines))
-        elif glob is not None:
-            posix_hits = text.op("~")(self.posix)
-            texts_left = texts.where(or_(posix_hits, ~_plain_for_posix(text, False)))
-        else:
-            texts_left = texts
-        self.candidates = texts_left.distinct()
-        self.with_nul = texts.where(_has(text, 0)).distinct()
-        texts = texts.where(~_has(text, 0))
-        if self.exact:  # RE2 decides only what GLOB cannot
-            texts = texts.where(_has(text, 10))
-        elif glob is not None:
-            texts = texts.where(or_(text.op("GLOB")(self.glob), _has(text, 10)))
-        self.texts = texts.distinct()
-
-
-def _plain_for_posix(text: ColumnElement[Any], across_lines: bool) -> ColumnElement[bool]:
-    """PostgreSQL: ``text``, as stored, is one a GLOB form's regular expression reads as RE2
-    would: no escape (a NUL or U+0001, which are two characters stored), and no newline unless
-    the form is exact across lines."""
-    tests = [func.strpos(text, func.chr(_const(1))) == _const(0)]
-    if not across_lines:
-        tests.append(func.strpos(text, func.chr(_const(10))) == _const(0))
-    return and_(*tests)
-
-
-def _has(text: ColumnElement[Any], code: int) -> ColumnElement[bool]:
-    """``text`` holds the character ``code``: a newline (where RE2's ``.`` stops) or a NUL."""
-    return func.instr(text, func.char(code)) > 0
-
-
-@compiles(_Matching)
-def _matching_default(element: _Matching, compiler: Any, **kw: Any) -> str:
-    """The texts the GLOB form decides, or those that matched, with their indexed prefixes
-    (see :class:`_Text`)."""
-    prefix = _indexed_prefix(element.column) == any_(element.matched_prefixes)
-    test = and_(prefix, element.column == any_(element.matched))
-    if element.exact:
-        decided = and_(element.plain, element.column.op("~")(element.posix))
-        test = or_(decided, test)
-    return f"({compiler.process(test, **kw)})"
-
-
-@compiles(_Matching, "sqlite")
-def _matching_sqlite(element: _Matching, compiler: Any, **kw: Any) -> str:
-    column = element.column
-    whens = [(_has(column, 0), func.hex(column).in_(_matched(element, element.with_nul, True)))]
-    if element.across_lines:
-        otherwise = column.op("GLOB")(element.glob)
-    else:
-        if element.exact:
-            whens.append((~_has(column, 10), column.op("GLOB")(element.glob)))
-        otherwise = column.in_(_matched(element, element.texts, False))
-    return compiler.process(case(*whens, else_=otherwise), **kw)
-
-
-def _matched(element: _Matching, texts: Select, hexed: bool) -> Select:
-    """The texts of ``texts`` RE2 finds the pattern in, from one call over all of them (as hex
-    both ways when ``hexed``)."""
-    text = list(texts.subquery().c)[0]
-    gathered = func.json_group_array(func.hex(text) if hexed else text)
-    matcher = getattr(func, _REGEX_FUNCTION)
-    call = matcher(element.pattern, gathered, 1) if hexed else matcher(element.pattern, gathered)
-    values = func.json_each(select(call).scalar_subquery()).table_valued("value")
-    return select(values.c.value)
-
-
-@event.listens_for(Pool, "checkout")
-def _add_regex_function(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-    """Give every SQLite connection the RE2 matcher the compiled filters call.
-
-    A pool event rather than an engine's: the Api, ``serve`` and the tests each open their own
-    engines, and a filter must run on any of them. Done once per connection.
-    """
-    if _REGEX_FUNCTION in record.info or not isinstance(dbapi_connection, sqlite3.Connection):
-        return
-    for arguments in (2, 3):
-        dbapi_connection.create_function(
-            _REGEX_FUNCTION, arguments, regex.matching_texts, deterministic=True
-        )
-    record.info[_REGEX_FUNCTION] = True
-
-
-@event.listens_for(Engine, "before_execute", retval=True)
-def _match_before_execution(
-    conn: Connection,
-    statement: Any,
-    multiparams: Any,
-    params: Any,
-    execution_options: Any,
-) -> tuple[Any, Any, Any]:
-    """On databases without the SQLite function, complete each :class:`_Matching` of a
-    statement about to run: its candidate texts are read on the same connection (and in the
-    same transaction) and the ones RE2 finds the pattern in are bound as its ``matched``.
-
-    An event on every engine, as the SQLite function is on every connection. The parameter's
-    value is set on the statement's own element, which the statement's parameters are read from
-    at each execution, so a cached compiled form is reused and each execution matches afresh.
-    """
-    if conn.dialect.name == "sqlite" or not isinstance(statement, ClauseElement):
-        return statement, multiparams, params
-    for element in iterate(statement):
-        if isinstance(element, _Matching):
-            texts = conn.execute(element.candidates).scalars().all()
-            matched = regex.matching(element.pattern.value, list(texts))
-            element.matched.value = matched
-            element.matched_prefixes.value = list(dict.fromkeys(map(indexed_prefix, matched)))
-    return statement, multiparams, params
