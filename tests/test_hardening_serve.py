@@ -170,8 +170,10 @@ def test_a_slow_request_is_stopped_while_the_server_answers_others(big_db, tmp_p
         assert server.proc is not None
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
-        server.proc.wait(timeout=8)
-        assert time.monotonic() - started < 5
+        server.proc.wait(timeout=20)
+        # seconds, not the 30 s limit; on two loaded cores with PostgreSQL beside the suite the
+        # statement may still be compiling when the signal comes, which no cancel interrupts
+        assert time.monotonic() - started < 10
         worker.join(timeout=10)
         assert "stopping (1 request(s) in flight cancelled)" in server.log()
 
